@@ -1,0 +1,337 @@
+//! Group intake: concurrent `POST /v1/commands` requests are written together.
+//!
+//! Handlers hand a validated [`NewCommand`] to the [`Intake`] and wait. Writer
+//! tasks (`commands.intake_writers`) each take whatever is queued (up to
+//! `commands.intake_batch_max`, optionally waiting `intake_batch_window_ms` for
+//! more) and insert the commands and their `execute` jobs with one `UNNEST`
+//! statement in one transaction; only after the commit is every request in the
+//! batch answered. So a 202 always means the command is durable, and under load
+//! many commands share one commit (see `docs/performance.md`).
+//!
+//! Idempotency keys are resolved in the same transaction: the insert skips rows
+//! whose `(client_id, idempotency_key)` exists (`ON CONFLICT DO NOTHING`, which
+//! also covers two requests with one key in the same batch), then the existing
+//! rows' request hashes decide between "the same command" and 409.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// A validated command, ready to insert.
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    /// New UUIDv7.
+    pub id: Uuid,
+    /// Owner (`sub`).
+    pub client_id: String,
+    /// Integration name (exists in config).
+    pub integration: String,
+    /// Operation name (exists in config).
+    pub operation: String,
+    /// Method resolved from config.
+    pub method: String,
+    /// Path filled and encoded from params.
+    pub path: String,
+    /// Params as sent.
+    pub params: Value,
+    /// Body as sent.
+    pub body: Option<Value>,
+    /// Checked callback URL.
+    pub callback_url: String,
+    /// Checked idempotency key.
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request.
+    pub request_hash: Vec<u8>,
+}
+
+/// What happened to one submitted command.
+#[derive(Debug, Clone)]
+pub enum IntakeOutcome {
+    /// Inserted now, at this database time.
+    Created {
+        /// Insert time.
+        created_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// Same client, same key, same request: this existing command.
+    Existing(Uuid),
+    /// Same client and key, different request.
+    Conflict,
+}
+
+struct Pending {
+    command: NewCommand,
+    reply: oneshot::Sender<Result<IntakeOutcome, ApiError>>,
+}
+
+/// Handle to the intake writers; cheap to clone into every HTTP worker.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Intake {
+    /// Starts `writers` writer tasks on the current Tokio runtime. The tasks end
+    /// once every `Intake` clone is dropped and the queue is drained.
+    pub fn start(
+        pool: PgPool,
+        writers: usize,
+        batch_max: usize,
+        window: Duration,
+    ) -> (Intake, Vec<JoinHandle<()>>) {
+        let (tx, rx) = mpsc::channel::<Pending>(batch_max.saturating_mul(writers).max(1) * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        let handles = (0..writers)
+            .map(|_| tokio::spawn(writer(rx.clone(), pool.clone(), batch_max, window)))
+            .collect();
+        (Intake { tx }, handles)
+    }
+
+    /// Writes `command` durably (or finds its idempotent twin) and returns the
+    /// outcome once the transaction has committed.
+    ///
+    /// # Errors
+    /// 503 if the database is unavailable, 500 on unexpected database errors.
+    pub async fn submit(&self, command: NewCommand) -> Result<IntakeOutcome, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| ApiError::Unavailable("the service is shutting down".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("intake writer dropped a request")))?
+    }
+}
+
+async fn writer(
+    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    pool: PgPool,
+    batch_max: usize,
+    window: Duration,
+) {
+    loop {
+        let batch = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            if !window.is_zero() {
+                let deadline = tokio::time::Instant::now() + window;
+                while batch.len() < batch_max {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(p)) => batch.push(p),
+                        _ => break,
+                    }
+                }
+            }
+            batch
+        };
+        write_batch(&pool, batch).await;
+    }
+}
+
+async fn write_batch(pool: &PgPool, batch: Vec<Pending>) {
+    let commands: Vec<&NewCommand> = batch.iter().map(|p| &p.command).collect();
+    match insert(pool, &commands).await {
+        Ok(outcomes) => {
+            for (p, o) in batch.into_iter().zip(outcomes) {
+                let _ = p.reply.send(Ok(o));
+            }
+        }
+        Err(e) if batch.len() > 1 && !is_transient(&e) => {
+            // One bad row must not fail its neighbours: retry one by one.
+            tracing::warn!(error = %e, size = batch.len(), "intake batch failed; retrying rows singly");
+            for p in batch {
+                let result = insert(pool, &[&p.command]).await;
+                let _ =
+                    p.reply
+                        .send(result.map_err(ApiError::from).and_then(|mut v| {
+                            v.pop().ok_or_else(|| anyhow::anyhow!("no outcome").into())
+                        }));
+            }
+        }
+        Err(e) => {
+            let transient = is_transient(&e);
+            tracing::error!(error = %e, size = batch.len(), "intake batch failed");
+            for p in batch {
+                let err = if transient {
+                    ApiError::Unavailable("the database is busy or unavailable; retry later".into())
+                } else {
+                    ApiError::Internal(anyhow::anyhow!("intake insert failed"))
+                };
+                let _ = p.reply.send(Err(err));
+            }
+        }
+    }
+}
+
+fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
+}
+
+#[derive(sqlx::FromRow)]
+struct Inserted {
+    id: Uuid,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Existing {
+    id: Uuid,
+    client_id: String,
+    idempotency_key: String,
+    request_hash: Vec<u8>,
+}
+
+/// Inserts the commands and their execute jobs in one transaction; returns one
+/// outcome per input, in order.
+async fn insert(pool: &PgPool, commands: &[&NewCommand]) -> sqlx::Result<Vec<IntakeOutcome>> {
+    let mut tx = pool.begin().await?;
+    let inserted: Vec<Inserted> = sqlx::query_as(
+        r#"
+        WITH input AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::jsonb[], $8::jsonb[], $9::text[], $10::text[],
+                                 $11::bytea[])
+                AS t(id, client_id, integration, operation, method, path, params, body,
+                     callback_url, idempotency_key, request_hash)
+        ), ins AS (
+            INSERT INTO commands (id, client_id, integration, operation, method, path, params,
+                                  body, callback_url, idempotency_key, request_hash)
+            SELECT id, client_id, integration, operation, method, path, params, body,
+                   callback_url, idempotency_key, request_hash
+              FROM input
+            ON CONFLICT (client_id, idempotency_key) DO NOTHING
+            RETURNING id, created_at
+        ), jobs AS (
+            INSERT INTO jobs (kind, command_id) SELECT 'execute', id FROM ins
+        )
+        SELECT id, created_at FROM ins
+        "#,
+    )
+    .bind(commands.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.client_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.integration.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.operation.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.method.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(commands.iter().map(|c| c.path.as_str()).collect::<Vec<_>>())
+    .bind(commands.iter().map(|c| Json(&c.params)).collect::<Vec<_>>())
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.body.as_ref().map(Json))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.callback_url.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        commands
+            .iter()
+            .map(|c| c.request_hash.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let created: HashMap<Uuid, chrono::DateTime<chrono::Utc>> =
+        inserted.into_iter().map(|r| (r.id, r.created_at)).collect();
+    let skipped: Vec<&NewCommand> = commands
+        .iter()
+        .copied()
+        .filter(|c| !created.contains_key(&c.id))
+        .collect();
+    let mut existing: HashMap<(String, String), (Uuid, Vec<u8>)> = HashMap::new();
+    if !skipped.is_empty() {
+        let rows: Vec<Existing> = sqlx::query_as(
+            r#"
+            SELECT id, client_id, idempotency_key, request_hash FROM commands
+             WHERE (client_id, idempotency_key) IN
+                   (SELECT * FROM UNNEST($1::text[], $2::text[]))
+            "#,
+        )
+        .bind(
+            skipped
+                .iter()
+                .map(|c| c.client_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            skipped
+                .iter()
+                .map(|c| c.idempotency_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        existing = rows
+            .into_iter()
+            .map(|r| ((r.client_id, r.idempotency_key), (r.id, r.request_hash)))
+            .collect();
+    }
+    tx.commit().await?;
+
+    Ok(commands
+        .iter()
+        .map(|c| {
+            if let Some(created_at) = created.get(&c.id) {
+                return IntakeOutcome::Created {
+                    created_at: *created_at,
+                };
+            }
+            let key = (
+                c.client_id.clone(),
+                c.idempotency_key.clone().unwrap_or_default(),
+            );
+            match existing.get(&key) {
+                Some((id, hash)) if *hash == c.request_hash => IntakeOutcome::Existing(*id),
+                _ => IntakeOutcome::Conflict,
+            }
+        })
+        .collect())
+}

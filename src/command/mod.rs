@@ -1,0 +1,389 @@
+//! The write side: accepting commands and managing signing secrets.
+//!
+//! `POST /v1/commands` authenticates, validates the body into a [`NewCommand`]
+//! (known integration and operation, filled path, checked callback URL and
+//! idempotency key), hands it to the group-intake writer and answers
+//! `202 Accepted` only after the command and its outbox job are committed. No
+//! handler here calls a third party or a callback URL: work leaves the process
+//! only through the outbox. Logs use the target `hookrelay::command`.
+
+pub mod intake;
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::config::Settings;
+use crate::domain::{CallbackUrl, IdempotencyKey};
+use crate::error::{ApiError, Problem};
+use crate::integration::PathTemplate;
+use crate::query::{self, StatusDocument};
+use crate::startup::WritePool;
+
+pub use intake::{Intake, IntakeOutcome, NewCommand};
+
+/// Body of `POST /v1/commands` (SPEC "POST /v1/commands").
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandRequest {
+    /// A configured integration (`[integrations.NAME]`).
+    pub integration: String,
+    /// One of its operations (`[integrations.NAME.operations.OP]`).
+    pub operation: String,
+    /// Values for the operation's `{name}` path placeholders (strings, numbers
+    /// or booleans); URL-encoded into the path.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Option<serde_json::Map<String, Value>>,
+    /// JSON body sent upstream as is.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub body: Option<Value>,
+    /// Where the signed result webhook is sent (http or https).
+    pub callback_url: String,
+}
+
+/// Body of `GET /v1/signing-secret`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SigningSecret {
+    /// The current Standard Webhooks secret, `whsec_` + base64 key.
+    pub secret: String,
+}
+
+/// Routes of the write side.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/commands", web::post().to(post_command))
+        .route("/v1/signing-secret", web::get().to(get_signing_secret));
+}
+
+/// Accept a command.
+///
+/// Answers 202 with `Location` and `Retry-After` once the command is durable.
+/// A repeated `Idempotency-Key` with the same request returns the existing
+/// command (header `Idempotent-Replayed: true`); with another request, 409.
+#[utoipa::path(
+    post, path = "/v1/commands", tag = "commands",
+    request_body = CommandRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "≤ 255 visible ASCII characters; same key + same body = same command")),
+    responses(
+        (status = 202, description = "Accepted; the status document", body = StatusDocument,
+         headers(("Location" = String), ("Retry-After" = u64))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency key reused with another request", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(
+    name = "post_command",
+    target = "hookrelay::command",
+    skip_all,
+    fields(command_id)
+)]
+pub async fn post_command(
+    principal: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+    settings: web::Data<Arc<Settings>>,
+    intake: web::Data<Intake>,
+    pool: web::Data<WritePool>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Client])?;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let s = v.to_str().map_err(|_| {
+                ApiError::validation("Idempotency-Key", "must be visible ASCII characters")
+            })?;
+            Some(IdempotencyKey::parse(s).map_err(|m| ApiError::validation("Idempotency-Key", m))?)
+        }
+    };
+    check_json_content_type(&req)?;
+    let bytes = read_limited(payload, settings.server.body_limit_bytes).await?;
+    let request = parse_json::<CommandRequest>(&bytes)?;
+    let command = validate(&settings, &principal, request, idempotency_key)?;
+    tracing::Span::current().record("command_id", tracing::field::display(command.id));
+
+    let outcome = intake.submit(command.clone()).await?;
+    let retry_after = settings.commands.retry_after_s.to_string();
+    let (doc, replayed) = match outcome {
+        IntakeOutcome::Created { created_at } => {
+            (StatusDocument::accepted(&command, created_at), false)
+        }
+        IntakeOutcome::Existing(id) => {
+            let (_, doc) = query::load_status(&pool.0, id).await?.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("idempotent twin {id} vanished"))
+            })?;
+            (doc, true)
+        }
+        IntakeOutcome::Conflict => {
+            return Err(ApiError::Conflict(
+                "this Idempotency-Key was already used with a different request".into(),
+            ))
+        }
+    };
+    let mut resp = HttpResponse::Accepted();
+    resp.insert_header((header::LOCATION, format!("/v1/commands/{}", doc.id)))
+        .insert_header((header::RETRY_AFTER, retry_after));
+    if replayed {
+        resp.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(resp.json(doc))
+}
+
+/// The caller's signing secret (created on first use).
+#[utoipa::path(
+    get, path = "/v1/signing-secret", tag = "signing",
+    responses(
+        (status = 200, description = "The current secret", body = SigningSecret),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_signing_secret(
+    principal: Principal,
+    pool: web::Data<WritePool>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Client])?;
+    let secrets = crate::security::ensure_signing_secrets(&pool.0, &principal.client_id).await?;
+    let secret = secrets
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no signing secret after creation")))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(SigningSecret { secret }))
+}
+
+fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Reads the body up to `limit` bytes; 413 beyond (checked against
+/// `Content-Length` first, then while streaming).
+async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge { limit },
+            other => ApiError::BadRequest {
+                field: None,
+                message: format!("could not read the request body: {other}"),
+            },
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Parses JSON, naming the field at fault on error (serde_path_to_error).
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest {
+            field: None,
+            message: "the request body must be a JSON object".into(),
+        });
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = (path != ".").then_some(path);
+        if inner.is_data() {
+            // Wrong type, unknown or missing field: the JSON is fine, the content is not.
+            let field = field.or_else(|| named_field(&inner.to_string()));
+            ApiError::Validation {
+                field: field.unwrap_or_else(|| "body".into()),
+                message: inner.to_string(),
+            }
+        } else {
+            ApiError::BadRequest {
+                field,
+                message: format!("malformed JSON: {inner}"),
+            }
+        }
+    })
+}
+
+/// The field named by serde's "missing field `x`" / "unknown field `x`" messages.
+fn named_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// Turns a request into a [`NewCommand`], naming the field of the first problem.
+fn validate(
+    settings: &Settings,
+    principal: &Principal,
+    request: CommandRequest,
+    idempotency_key: Option<IdempotencyKey>,
+) -> Result<NewCommand, ApiError> {
+    let integration = settings
+        .integrations
+        .get(&request.integration)
+        .ok_or_else(|| {
+            ApiError::validation(
+                "integration",
+                format!("unknown integration `{}`", request.integration),
+            )
+        })?;
+    let operation = integration
+        .operations
+        .get(&request.operation)
+        .ok_or_else(|| {
+            ApiError::validation(
+                "operation",
+                format!(
+                    "integration `{}` has no operation `{}`",
+                    request.integration, request.operation
+                ),
+            )
+        })?;
+    let params = request.params.unwrap_or_default();
+    let template = PathTemplate::parse(&operation.path)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("operation path became invalid: {e}")))?;
+    let path = template
+        .fill(&params)
+        .map_err(|(field, message)| ApiError::validation(field, message))?;
+    let callback = CallbackUrl::parse(
+        &request.callback_url,
+        settings.commands.max_callback_url_len,
+        settings.security.allow_private_callbacks,
+    )
+    .map_err(|m| ApiError::validation("callback_url", m))?;
+    let params = Value::Object(params);
+    reject_nul("params", &params)?;
+    if let Some(body) = &request.body {
+        reject_nul("body", body)?;
+    }
+    let canonical = canonical_json(&serde_json::json!({
+        "integration": request.integration,
+        "operation": request.operation,
+        "params": params,
+        "body": request.body,
+        "callback_url": callback.as_str(),
+    }));
+    Ok(NewCommand {
+        id: Uuid::now_v7(),
+        client_id: principal.client_id.clone(),
+        integration: request.integration,
+        operation: request.operation,
+        method: operation.method.as_str().to_owned(),
+        path,
+        params,
+        body: request.body,
+        callback_url: callback.as_str().to_owned(),
+        idempotency_key: idempotency_key.map(|k| k.as_str().to_owned()),
+        request_hash: Sha256::digest(canonical.as_bytes()).to_vec(),
+    })
+}
+
+/// Postgres `jsonb` cannot store U+0000; refuse it with the field's path
+/// instead of failing the insert.
+fn reject_nul(path: &str, value: &Value) -> Result<(), ApiError> {
+    let bad = |p: &str| ApiError::validation(p, "must not contain the NUL character (\\u0000)");
+    match value {
+        Value::String(s) if s.contains('\0') => Err(bad(path)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| reject_nul(&format!("{path}[{i}]"), v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let p = format!("{path}.{k}");
+            if k.contains('\0') {
+                return Err(bad(&p));
+            }
+            reject_nul(&p, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// JSON with object keys sorted at every level, so equal requests hash equal
+/// whatever their key order.
+fn canonical_json(value: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                let mut out = serde_json::Map::new();
+                for k in keys {
+                    out.insert(k.clone(), sorted(&m[k]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    // Serialising a map whose insertion order is sorted yields sorted output
+    // with or without serde_json's `preserve_order`.
+    sorted(value).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a = json!({"b": 1, "a": {"y": [1, {"d": 1, "c": 2}], "x": null}});
+        let b = json!({"a": {"x": null, "y": [1, {"c": 2, "d": 1}]}, "b": 1});
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_ne!(canonical_json(&a), canonical_json(&json!({"b": 2})));
+    }
+
+    #[test]
+    fn nul_is_refused_with_its_path() {
+        let err = reject_nul("body", &json!({"a": [1, "x\u{0}y"]})).expect_err("nul");
+        assert!(matches!(err, ApiError::Validation { field, .. } if field == "body.a[1]"));
+        assert!(reject_nul("body", &json!({"a": "fine"})).is_ok());
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let err = parse_json::<CommandRequest>(br#"{"integration": 5}"#).expect_err("type");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "integration"),
+            "{err:?}"
+        );
+        let err = parse_json::<CommandRequest>(br#"{"integration": "a", "operation": "b"}"#)
+            .expect_err("missing");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "callback_url"),
+            "{err:?}"
+        );
+        let err = parse_json::<CommandRequest>(b"{not json").expect_err("syntax");
+        assert!(matches!(err, ApiError::BadRequest { .. }), "{err:?}");
+    }
+}

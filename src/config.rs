@@ -1,0 +1,592 @@
+//! Typed, validated settings.
+//!
+//! Layering (later wins), as fixed by SPEC "Running":
+//! 1. `config/default.toml`, compiled into the binary so every key has a default;
+//! 2. the file named by `--config PATH` or `HOOKRELAY_CONFIG`;
+//! 3. environment variables `HOOKRELAY__SECTION__KEY` (double underscore nests);
+//!    `DATABASE_URL` sets `database.url` unless `HOOKRELAY__DATABASE__URL` is set.
+//!
+//! Unknown keys are rejected, and [`Settings::validate`] checks every value, so a
+//! bad configuration fails at start with one line naming the key
+//! ([`ConfigError`], exit code 2 in `main`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// The defaults file, embedded so the binary runs from any directory.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// The development JWT secret shipped in `config/default.toml`; using it logs a warning.
+pub const DEV_JWT_SECRET: &str = "hookrelay-dev-secret-change-me-0123456789";
+
+/// A configuration problem: the key (dotted path) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value failed validation.
+    #[error("config error: `{key}`: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `integrations.httpbin.base_url`.
+        key: String,
+        /// What is wrong, in one sentence.
+        problem: String,
+    },
+    /// The layered sources could not be read or did not match the schema
+    /// (unknown key, wrong type, unreadable file).
+    #[error("config error: {0}")]
+    Load(String),
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// All settings. Each section mirrors a table of `config/default.toml`, where
+/// every key is documented with its unit and default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Postgres pools.
+    pub database: DatabaseSettings,
+    /// JWT authentication.
+    pub auth: AuthSettings,
+    /// Callback URL policy.
+    pub security: SecuritySettings,
+    /// Command intake.
+    pub commands: CommandSettings,
+    /// Outbox dispatcher.
+    pub dispatcher: DispatcherSettings,
+    /// Webhook delivery.
+    pub delivery: DeliverySettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// Third-party APIs by name (`[integrations.NAME]`).
+    #[serde(default)]
+    pub integrations: BTreeMap<String, IntegrationSettings>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address `host:port`; port 0 picks a free port (tests).
+    pub bind: String,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Largest request body, bytes; beyond it 413.
+    pub body_limit_bytes: usize,
+    /// Grace for in-flight HTTP requests on shutdown, seconds.
+    pub shutdown_timeout_s: u64,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Primary database URL (may hold a password, hence secret).
+    pub url: SecretString,
+    /// Read replica URL for the query side; empty = use `url`.
+    pub read_url: SecretString,
+    /// Primary pool size.
+    pub max_connections: u32,
+    /// Read pool size (only used with `read_url`).
+    pub read_max_connections: u32,
+    /// Pool acquire timeout, ms; a timeout answers 503.
+    pub acquire_timeout_ms: u64,
+    /// `serve` creates the database when missing.
+    pub create_if_missing: bool,
+    /// `serve` runs migrations at start.
+    pub migrate_on_start: bool,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 key, at least 32 bytes.
+    pub jwt_secret: SecretString,
+    /// Clock skew allowed on `exp`, seconds (≤ 60).
+    pub leeway_s: u64,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Allow `localhost` and literal loopback/private/link-local callback hosts.
+    pub allow_private_callbacks: bool,
+}
+
+/// `[commands]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSettings {
+    /// Longest callback URL, bytes.
+    pub max_callback_url_len: usize,
+    /// Most rows per intake transaction.
+    pub intake_batch_max: usize,
+    /// Extra wait for a fuller intake batch, ms (0 = none).
+    pub intake_batch_window_ms: u64,
+    /// Concurrent intake writer tasks.
+    pub intake_writers: usize,
+    /// `Retry-After` on 202 and status documents, seconds.
+    pub retry_after_s: u64,
+}
+
+/// `[dispatcher]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSettings {
+    /// Jobs in flight per worker process.
+    pub concurrency: usize,
+    /// Most jobs per claim statement.
+    pub claim_batch: usize,
+    /// Lease length, seconds.
+    pub lease_s: u64,
+    /// Safety-net poll, ms.
+    pub poll_interval_ms: u64,
+    /// Shutdown grace for in-flight jobs, seconds.
+    pub shutdown_grace_s: u64,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Delays between attempts, seconds (fractions allowed).
+    pub retry_schedule_s: Vec<f64>,
+    /// Jitter fraction applied to each delay (0.2 = ±20%).
+    pub jitter: f64,
+    /// One attempt's timeout, ms.
+    pub timeout_ms: u64,
+    /// Cap on a receiver's `Retry-After`, seconds.
+    pub max_retry_after_s: u64,
+    /// Response body bytes kept per attempt.
+    pub response_body_limit_bytes: usize,
+    /// `User-Agent` header on callbacks.
+    pub user_agent: String,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// EnvFilter directives; `RUST_LOG` overrides.
+    pub filter: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, multi-field lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[integrations.NAME]`: one third-party API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationSettings {
+    /// Base URL; operation paths are appended to it.
+    pub base_url: Url,
+    /// One upstream call's timeout, ms.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Tries for retryable failures (5xx, 408, 429, timeouts, connection errors).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry backoff, ms; doubles per try with full jitter.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Upstream response bytes kept as the command's result.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Credential header injected into every call.
+    #[serde(default)]
+    pub credential: Option<CredentialSettings>,
+    /// Commands (writes) by name.
+    #[serde(default)]
+    pub operations: BTreeMap<String, OperationSettings>,
+    /// Queries (reads, always GET) by name.
+    #[serde(default)]
+    pub queries: BTreeMap<String, QuerySettings>,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_retry_backoff_ms() -> u64 {
+    500
+}
+fn default_max_response_bytes() -> usize {
+    1024 * 1024
+}
+
+/// `[integrations.NAME.credential]`: a header whose value comes from an env var.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSettings {
+    /// Header name, e.g. `Authorization`.
+    pub header: String,
+    /// Environment variable holding the value (read at load, never logged).
+    pub value_env: String,
+    /// The value, filled from `value_env` by [`Settings::validate`].
+    #[serde(skip)]
+    pub value: Option<SecretString>,
+}
+
+/// HTTP methods a command operation may use (writes only).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WriteMethod {
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+}
+
+impl WriteMethod {
+    /// The method's name as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMethod::Post => "POST",
+            WriteMethod::Put => "PUT",
+            WriteMethod::Patch => "PATCH",
+            WriteMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// `[integrations.NAME.operations.OP]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationSettings {
+    /// HTTP method.
+    pub method: WriteMethod,
+    /// Path template; `{name}` is filled from the command's params.
+    pub path: String,
+}
+
+/// `[integrations.NAME.queries.Q]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Path (GET).
+    pub path: String,
+}
+
+impl Settings {
+    /// Loads the layered configuration (see module docs) and validates it.
+    ///
+    /// `config_path` is `--config`; when `None`, `HOOKRELAY_CONFIG` is consulted.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key on any unreadable file, unknown key, wrong
+    /// type or invalid value.
+    pub fn load(config_path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env_path = std::env::var_os("HOOKRELAY_CONFIG").map(std::path::PathBuf::from);
+        let path = config_path.map(Path::to_path_buf).or(env_path);
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_CONFIG,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = &path {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(
+                config::File::from(path.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("HOOKRELAY")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("delivery.retry_schedule_s")
+                .try_parsing(true),
+        );
+        if std::env::var_os("HOOKRELAY__DATABASE__URL").is_none() {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                builder = builder
+                    .set_override("database.url", url)
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()
+    }
+
+    /// The embedded defaults only (no file, no environment), validated. Tests
+    /// start from this and adjust fields.
+    ///
+    /// # Errors
+    /// Only if the embedded defaults are themselves invalid (a bug).
+    pub fn defaults() -> Result<Settings, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_CONFIG,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()
+    }
+
+    /// Checks every value and resolves credentials from the environment.
+    ///
+    /// # Errors
+    /// The first invalid key, with the problem.
+    pub fn validate(mut self) -> Result<Settings, ConfigError> {
+        self.server
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("server.bind", "must be host:port, e.g. 127.0.0.1:8080"))?;
+        if self.server.body_limit_bytes < 1024 {
+            return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
+        }
+        check_pg_url("database.url", self.database.url.expose_secret())?;
+        if !self.database.read_url.expose_secret().is_empty() {
+            check_pg_url("database.read_url", self.database.read_url.expose_secret())?;
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.auth.jwt_secret.expose_secret().len() < 32 {
+            return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
+        }
+        if self.auth.leeway_s > 60 {
+            return Err(invalid("auth.leeway_s", "must be at most 60 seconds"));
+        }
+        if self.commands.intake_batch_max == 0 || self.commands.intake_batch_max > 1000 {
+            return Err(invalid("commands.intake_batch_max", "must be 1..=1000"));
+        }
+        if self.commands.intake_writers == 0 {
+            return Err(invalid("commands.intake_writers", "must be at least 1"));
+        }
+        if self.dispatcher.concurrency == 0 {
+            return Err(invalid("dispatcher.concurrency", "must be at least 1"));
+        }
+        if self.dispatcher.claim_batch == 0 {
+            return Err(invalid("dispatcher.claim_batch", "must be at least 1"));
+        }
+        if self.dispatcher.poll_interval_ms == 0 {
+            return Err(invalid("dispatcher.poll_interval_ms", "must be at least 1"));
+        }
+        if let Some(bad) = self
+            .delivery
+            .retry_schedule_s
+            .iter()
+            .find(|d| !d.is_finite() || **d < 0.0)
+        {
+            return Err(invalid(
+                "delivery.retry_schedule_s",
+                format!("delays must be finite and ≥ 0 seconds, got {bad}"),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.delivery.jitter) {
+            return Err(invalid("delivery.jitter", "must be between 0 and 1"));
+        }
+        if self.delivery.timeout_ms == 0 {
+            return Err(invalid("delivery.timeout_ms", "must be at least 1"));
+        }
+        let lease_ms = self.dispatcher.lease_s.saturating_mul(1000);
+        if lease_ms <= self.delivery.timeout_ms {
+            return Err(invalid(
+                "dispatcher.lease_s",
+                "must be longer than delivery.timeout_ms",
+            ));
+        }
+        for (name, integration) in &mut self.integrations {
+            let key = format!("integrations.{name}");
+            if !is_name(name) {
+                return Err(invalid(
+                    key,
+                    "integration names use lowercase letters, digits, '_' and '-'",
+                ));
+            }
+            integration.validate(&key, lease_ms)?;
+        }
+        Ok(self)
+    }
+
+    /// Shutdown grace for in-flight jobs.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.dispatcher.shutdown_grace_s)
+    }
+}
+
+impl IntegrationSettings {
+    fn validate(&mut self, key: &str, lease_ms: u64) -> Result<(), ConfigError> {
+        if !matches!(self.base_url.scheme(), "http" | "https") || !self.base_url.has_host() {
+            return Err(invalid(
+                format!("{key}.base_url"),
+                "must be an absolute http or https URL",
+            ));
+        }
+        if self.timeout_ms == 0 || self.timeout_ms >= lease_ms {
+            return Err(invalid(
+                format!("{key}.timeout_ms"),
+                "must be at least 1 and shorter than dispatcher.lease_s",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        if let Some(cred) = &mut self.credential {
+            actix_web::http::header::HeaderName::try_from(cred.header.as_str()).map_err(|_| {
+                invalid(
+                    format!("{key}.credential.header"),
+                    "is not a valid header name",
+                )
+            })?;
+            let value = std::env::var(&cred.value_env).map_err(|_| {
+                invalid(
+                    format!("{key}.credential.value_env"),
+                    format!("environment variable {} is not set", cred.value_env),
+                )
+            })?;
+            cred.value = Some(SecretString::from(value));
+        }
+        for (op, settings) in &self.operations {
+            if !is_name(op) {
+                return Err(invalid(
+                    format!("{key}.operations.{op}"),
+                    "operation names use lowercase letters, digits, '_' and '-'",
+                ));
+            }
+            crate::integration::PathTemplate::parse(&settings.path)
+                .map_err(|p| invalid(format!("{key}.operations.{op}.path"), p))?;
+        }
+        for (q, settings) in &self.queries {
+            if !is_name(q) {
+                return Err(invalid(
+                    format!("{key}.queries.{q}"),
+                    "query names use lowercase letters, digits, '_' and '-'",
+                ));
+            }
+            crate::integration::PathTemplate::parse(&settings.path)
+                .map_err(|p| invalid(format!("{key}.queries.{q}.path"), p))?;
+        }
+        Ok(())
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn check_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed = Url::parse(url).map_err(|e| invalid(key, format!("is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(invalid(key, "must start with postgres://"));
+    }
+    Ok(())
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+pub fn mask_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let s = Settings::defaults().expect("defaults");
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(
+            s.database.url.expose_secret(),
+            "postgres://postgres@localhost:5432/hookrelay"
+        );
+        assert!(!s.security.allow_private_callbacks);
+        assert_eq!(s.delivery.retry_schedule_s.len(), 7);
+    }
+
+    #[test]
+    fn mask_url_hides_password_only() {
+        assert_eq!(
+            mask_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn short_jwt_secret_is_named() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.auth.jwt_secret = SecretString::from("short");
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn bad_operation_path_is_named() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.integrations.insert(
+            "v".into(),
+            IntegrationSettings {
+                base_url: Url::parse("http://127.0.0.1:1").expect("url"),
+                timeout_ms: 1000,
+                max_attempts: 1,
+                retry_backoff_ms: 1,
+                max_response_bytes: 10,
+                credential: None,
+                operations: [(
+                    "op".to_owned(),
+                    OperationSettings {
+                        method: WriteMethod::Post,
+                        path: "/x/{unclosed".into(),
+                    },
+                )]
+                .into(),
+                queries: BTreeMap::new(),
+            },
+        );
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("integrations.v.operations.op.path"), "{err}");
+    }
+}

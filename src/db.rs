@@ -1,0 +1,142 @@
+//! Postgres pools, database creation and migrations.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::{mask_url, DatabaseSettings};
+
+/// Migrations embedded from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why the database could not be used; the message is meant for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Postgres could not be reached or refused the login.
+    #[error(
+        "cannot connect to Postgres at {url}: {cause}. Is Postgres running? Start it \
+         (e.g. `pg_ctlcluster --skip-systemctl-redirect 15 main start`, or \
+         `docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16`) \
+         or point DATABASE_URL at a running server."
+    )]
+    Unreachable {
+        /// The URL with its password masked.
+        url: String,
+        /// The driver's message.
+        cause: String,
+    },
+    /// Creating the database or migrating failed.
+    #[error("database setup failed for {url}: {cause}")]
+    Setup {
+        /// The URL with its password masked.
+        url: String,
+        /// What failed.
+        cause: String,
+    },
+}
+
+fn options(url: &str) -> Result<PgConnectOptions, DbError> {
+    PgConnectOptions::from_str(url)
+        .map(|o| o.log_statements(tracing::log::LevelFilter::Trace))
+        .map_err(|e| DbError::Setup {
+            url: mask_url(url),
+            cause: e.to_string(),
+        })
+}
+
+/// Creates the database named in `url` when it does not exist (connecting to
+/// the server's `postgres` database to do so).
+///
+/// # Errors
+/// [`DbError::Unreachable`] when the server cannot be reached.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let opts = options(url)?;
+    let name = opts.get_database().unwrap_or("postgres").to_owned();
+    let unreachable = |e: sqlx::Error| DbError::Unreachable {
+        url: mask_url(url),
+        cause: e.to_string(),
+    };
+    let mut conn = sqlx::PgConnection::connect_with(&opts.clone().database("postgres"))
+        .await
+        .map_err(unreachable)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(unreachable)?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(&sql).execute(&mut conn).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // 42P04 duplicate_database: another process won the race.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => {
+                return Err(DbError::Setup {
+                    url: mask_url(url),
+                    cause: format!("CREATE DATABASE failed: {e}"),
+                })
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Opens a pool of `max` connections and checks that one connection works.
+///
+/// # Errors
+/// [`DbError::Unreachable`] when the server cannot be reached.
+pub async fn connect(url: &str, max: u32, acquire_timeout: Duration) -> Result<PgPool, DbError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(options(url)?)
+        .await
+        .map_err(|e| DbError::Unreachable {
+            url: mask_url(url),
+            cause: e.to_string(),
+        })?;
+    Ok(pool)
+}
+
+/// Applies pending migrations.
+///
+/// # Errors
+/// [`DbError::Setup`] naming the failed migration.
+pub async fn migrate(pool: &PgPool, url: &str) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await.map_err(|e| DbError::Setup {
+        url: mask_url(url),
+        cause: format!("migration failed: {e}"),
+    })
+}
+
+/// The primary and read pools for `settings`; the read pool is the primary
+/// when `read_url` is empty. Creates the database and migrates when configured.
+///
+/// # Errors
+/// [`DbError`] with an operator-facing message.
+pub async fn pools(
+    settings: &DatabaseSettings,
+    prepare: bool,
+) -> Result<(PgPool, PgPool), DbError> {
+    let url = settings.url.expose_secret();
+    if prepare && settings.create_if_missing {
+        ensure_database(url).await?;
+    }
+    let timeout = Duration::from_millis(settings.acquire_timeout_ms);
+    let primary = connect(url, settings.max_connections, timeout).await?;
+    if prepare && settings.migrate_on_start {
+        migrate(&primary, url).await?;
+    }
+    let read_url = settings.read_url.expose_secret();
+    let read = if read_url.is_empty() {
+        primary.clone()
+    } else {
+        connect(read_url, settings.read_max_connections, timeout).await?
+    };
+    Ok((primary, read))
+}

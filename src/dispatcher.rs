@@ -1,0 +1,358 @@
+//! The dispatcher: claims jobs from the outbox and runs them.
+//!
+//! One loop per worker process keeps up to `dispatcher.concurrency` jobs in
+//! flight. It claims as many jobs as it has free slots (at most
+//! `dispatcher.claim_batch` per statement); when the outbox has nothing ready it
+//! sleeps until the first of: a `NOTIFY hookrelay_jobs` (new work), the next
+//! scheduled retry's `run_at`, or the safety-net poll interval.
+//!
+//! On cancellation (SIGTERM) it stops claiming, lets in-flight jobs finish for
+//! `dispatcher.shutdown_grace_s`, then aborts the rest and releases their
+//! leases so another worker picks them up at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::delivery::{next_delay, Sender, WebhookBody, WebhookData};
+use crate::domain::{CommandStatus, DeliveryStatus};
+use crate::integration::{backoff, CallOutcome, Integrations, UpstreamRequest, UpstreamResult};
+use crate::outbox::{self, AfterAttempt, ClaimedJob};
+use crate::security::ensure_signing_secrets;
+
+/// Everything a job needs, shared by all job tasks.
+pub struct DispatchContext {
+    /// Primary pool.
+    pub pool: PgPool,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Upstream clients.
+    pub integrations: Arc<Integrations>,
+    /// Webhook sender.
+    pub sender: Sender,
+    /// Wakes the dispatcher loop: NOTIFY arrivals, and job tasks that
+    /// rescheduled a retry (an UPDATE fires no NOTIFY).
+    pub wake: Arc<Notify>,
+}
+
+/// The outbox dispatcher of one worker process.
+pub struct Dispatcher {
+    ctx: Arc<DispatchContext>,
+    in_flight: Arc<Mutex<HashMap<i64, Uuid>>>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `ctx`.
+    pub fn new(ctx: DispatchContext) -> Self {
+        Dispatcher {
+            ctx: Arc::new(ctx),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Runs until `cancel` fires, then drains as described in the module docs.
+    ///
+    /// # Errors
+    /// Only if the `LISTEN` connection cannot be opened at start.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let settings = self.ctx.settings.clone();
+        let mut listener = PgListener::connect_with(&self.ctx.pool).await?;
+        listener.listen(outbox::CHANNEL).await?;
+        let listen_task = tokio::spawn(listen(listener, self.ctx.wake.clone(), cancel.clone()));
+
+        let concurrency = settings.dispatcher.concurrency;
+        let batch = settings.dispatcher.claim_batch;
+        let lease = Duration::from_secs(settings.dispatcher.lease_s);
+        let poll = Duration::from_millis(settings.dispatcher.poll_interval_ms);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut tasks = JoinSet::new();
+        tracing::info!(concurrency, batch, "dispatcher started");
+
+        loop {
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => p?,
+                () = cancel.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < batch {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let wanted = permits.len();
+            let jobs = match outbox::claim(&self.ctx.pool, wanted, lease).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming jobs failed; retrying in 1 s");
+                    drop(permits);
+                    sleep_or_cancel(Duration::from_secs(1), &cancel).await;
+                    continue;
+                }
+            };
+            let got = jobs.len();
+            for job in jobs {
+                let Some(permit) = permits.pop() else { break };
+                self.spawn_job(&mut tasks, job, permit);
+            }
+            drop(permits);
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "job task panicked; its lease will expire");
+                }
+            }
+            if got < wanted {
+                let wait = match outbox::time_to_next_job(&self.ctx.pool).await {
+                    Ok(Some(d)) => d.min(poll),
+                    Ok(None) => poll,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the next run time failed");
+                        poll
+                    }
+                };
+                tokio::select! {
+                    () = self.ctx.wake.notified() => {}
+                    () = tokio::time::sleep(wait) => {}
+                    () = cancel.cancelled() => break,
+                }
+            }
+        }
+
+        tracing::info!(in_flight = tasks.len(), "dispatcher draining");
+        let grace = settings.shutdown_grace();
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            let held: Vec<(i64, Uuid)> = self
+                .in_flight
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+                .unwrap_or_default();
+            match outbox::release(&self.ctx.pool, &held).await {
+                Ok(n) => tracing::info!(released = n, "released leases of unfinished jobs"),
+                Err(e) => {
+                    tracing::error!(error = %e, "releasing leases failed; they expire on their own")
+                }
+            }
+        }
+        listen_task.abort();
+        tracing::info!("dispatcher stopped");
+        Ok(())
+    }
+
+    fn spawn_job(&self, tasks: &mut JoinSet<()>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+        if let Ok(mut m) = self.in_flight.lock() {
+            m.insert(job.id, job.lease_token);
+        }
+        let ctx = self.ctx.clone();
+        let in_flight = self.in_flight.clone();
+        tasks.spawn(async move {
+            let id = job.id;
+            run_job(&ctx, job).await;
+            if let Ok(mut m) = in_flight.lock() {
+                m.remove(&id);
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn listen(mut listener: PgListener, wake: Arc<Notify>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            n = listener.recv() => match n {
+                Ok(_) => wake.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection failed; the poll covers until it is back");
+                    wake.notify_one();
+                    sleep_or_cancel(Duration::from_secs(1), &cancel).await;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = cancel.cancelled() => {}
+    }
+}
+
+/// Runs one claimed job. Database errors are logged; the lease then expires and
+/// the job runs again (at-least-once).
+#[tracing::instrument(
+    name = "job",
+    skip_all,
+    fields(job_id = job.id, kind = %job.kind, command_id = %job.command_id, attempt = job.attempts)
+)]
+async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
+    let result = match job.kind.as_str() {
+        "execute" => execute(ctx, &job).await,
+        "deliver" => deliver(ctx, &job).await,
+        other => {
+            tracing::error!(kind = other, "unknown job kind");
+            Ok(true)
+        }
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "lease lost before the outcome was recorded; another worker owns the job"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "recording the job outcome failed; the job will run again after its lease")
+        }
+    }
+}
+
+async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> {
+    let status = CommandStatus::parse(&job.command_status).unwrap_or(CommandStatus::Accepted);
+    if status.is_terminal() {
+        // A duplicate job for a finished command: never call the upstream twice.
+        return outbox::drop_job(&ctx.pool, job).await;
+    }
+    let Some(integration) = ctx.integrations.get(&job.integration) else {
+        let result = UpstreamResult {
+            status_code: None,
+            body: serde_json::Value::Null,
+            truncated: false,
+            error: Some(format!(
+                "integration `{}` is no longer configured",
+                job.integration
+            )),
+        };
+        return finish(ctx, job, CommandStatus::Failed, &result).await;
+    };
+    let command_id = job.command_id.to_string();
+    let request = UpstreamRequest {
+        command_id: job.command_id,
+        operation: &job.operation,
+        method: &job.method,
+        path: &job.path,
+        body: job.body.as_ref().map(|b| &b.0),
+        idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
+    };
+    match integration.call(&request).await {
+        CallOutcome::Succeeded(result) => finish(ctx, job, CommandStatus::Succeeded, &result).await,
+        CallOutcome::Rejected(result) => finish(ctx, job, CommandStatus::Failed, &result).await,
+        CallOutcome::Retryable {
+            result,
+            retry_after,
+        } => {
+            let attempt = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+            if attempt >= integration.settings.max_attempts {
+                return finish(ctx, job, CommandStatus::Failed, &result).await;
+            }
+            let mut delay = backoff(attempt, integration.settings.retry_backoff_ms);
+            if let Some(ra) = retry_after {
+                delay =
+                    delay.max(ra.min(Duration::from_secs(ctx.settings.delivery.max_retry_after_s)));
+            }
+            let error = result
+                .error
+                .clone()
+                .or_else(|| result.status_code.map(|s| format!("HTTP {s}")))
+                .unwrap_or_default();
+            tracing::info!(target: "hookrelay::command", %error, delay_ms = delay.as_millis() as u64, "upstream call failed; retrying");
+            let done = outbox::retry_execute(&ctx.pool, job, delay, &error).await?;
+            ctx.wake.notify_one();
+            Ok(done)
+        }
+    }
+}
+
+/// Ends a command: stores its result and creates its delivery with the body
+/// signed on every attempt (serialised once here).
+async fn finish(
+    ctx: &DispatchContext,
+    job: &ClaimedJob,
+    status: CommandStatus,
+    result: &UpstreamResult,
+) -> sqlx::Result<bool> {
+    let event = match status {
+        CommandStatus::Succeeded => "command.succeeded",
+        _ => "command.failed",
+    };
+    let body = WebhookBody {
+        type_: event,
+        timestamp: chrono::Utc::now(),
+        data: WebhookData {
+            command_id: job.command_id,
+            integration: &job.integration,
+            operation: &job.operation,
+            status: status.as_str(),
+            result,
+        },
+    };
+    let payload = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let done =
+        outbox::finish_execute(&ctx.pool, job, status, result, Uuid::now_v7(), &payload).await?;
+    if done {
+        tracing::debug!(target: "hookrelay::command", status = %status, "command finished");
+    }
+    Ok(done)
+}
+
+async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> {
+    let (Some(delivery_id), Some(url), Some(payload)) = (job.delivery_id, &job.url, &job.payload)
+    else {
+        tracing::error!("deliver job without its delivery row; dropping it");
+        return outbox::drop_job(&ctx.pool, job).await;
+    };
+    if job
+        .delivery_status
+        .as_deref()
+        .and_then(DeliveryStatus::parse)
+        != Some(DeliveryStatus::Pending)
+    {
+        return outbox::drop_job(&ctx.pool, job).await;
+    }
+    let secrets = match &job.secrets {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => ensure_signing_secrets(&ctx.pool, &job.client_id).await?,
+    };
+    let webhook_id = delivery_id.to_string();
+    let outcome = ctx
+        .sender
+        .attempt(url, &webhook_id, &secrets, payload)
+        .await;
+    let settings = &ctx.settings.delivery;
+    let next = if outcome.delivered() {
+        AfterAttempt::Delivered
+    } else if outcome.gone() {
+        AfterAttempt::DeadLettered("gone")
+    } else {
+        let attempt = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+        match next_delay(
+            &settings.retry_schedule_s,
+            settings.jitter,
+            attempt,
+            outcome.retry_after,
+            Duration::from_secs(settings.max_retry_after_s),
+        ) {
+            Some(d) => AfterAttempt::RetryIn(d),
+            None => AfterAttempt::DeadLettered("exhausted"),
+        }
+    };
+    tracing::debug!(webhook_id = %webhook_id, status = ?outcome.response_status, next = ?next, "callback attempt");
+    if let AfterAttempt::DeadLettered(reason) = next {
+        tracing::warn!(webhook_id = %webhook_id, reason, error = ?outcome.error, "delivery dead-lettered");
+    }
+    let done = outbox::record_attempt(&ctx.pool, job, &outcome, next, "scheduled").await?;
+    if matches!(next, AfterAttempt::RetryIn(_)) {
+        ctx.wake.notify_one();
+    }
+    Ok(done)
+}

@@ -1,0 +1,487 @@
+//! The upstream client: calls a declared integration operation.
+//!
+//! A request is built only from configuration (method, `base_url`, the path
+//! template filled at intake) and the command's JSON body; clients never send
+//! raw URLs. Each integration has its own `reqwest::Client` (keep-alive pool,
+//! `timeout_ms`, no redirects, no system proxy) and optional credential header,
+//! marked sensitive so it is never logged.
+//!
+//! [`Integration::call`] classifies the answer into a [`CallOutcome`]; the
+//! dispatcher owns what happens next (retry with backoff, or finish). This is
+//! the seam where the resilience policy (throttle, circuit breaker, retry
+//! budget) plugs in.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use rand::Rng;
+use reqwest::header::{HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::config::{IntegrationSettings, OperationSettings};
+use crate::http_util::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
+
+/// Characters escaped in a path parameter: everything but RFC 3986 unreserved.
+const PATH_PARAM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One piece of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A parsed path template such as `/things/{thing_id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate(Vec<Segment>);
+
+impl PathTemplate {
+    /// Parses a template: starts with `/`; `{name}` placeholders with names of
+    /// letters, digits and `_`; no stray braces.
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        if !template.starts_with('/') {
+            return Err("must start with '/'".into());
+        }
+        let mut segments = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest.as_bytes()[open] == b'}' {
+                return Err("has a '}' without '{'".into());
+            }
+            let close = rest[open..]
+                .find('}')
+                .map(|c| open + c)
+                .ok_or_else(|| "has a '{' without '}'".to_owned())?;
+            let name = &rest[open + 1..close];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "placeholder '{{{name}}}' must be letters, digits and '_'"
+                ));
+            }
+            if open > 0 {
+                segments.push(Segment::Literal(rest[..open].to_owned()));
+            }
+            segments.push(Segment::Param(name.to_owned()));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Literal(rest.to_owned()));
+        }
+        Ok(PathTemplate(segments))
+    }
+
+    /// The placeholder names, in order.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|s| match s {
+            Segment::Param(p) => Some(p.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// Fills placeholders from `params` (scalars only), percent-encoding each
+    /// value as one path segment.
+    ///
+    /// # Errors
+    /// `(field, message)` for a missing or non-scalar param, or a param the
+    /// template does not use; `field` is `params.NAME`.
+    pub fn fill(
+        &self,
+        params: &serde_json::Map<String, Value>,
+    ) -> Result<String, (String, String)> {
+        let used: Vec<&str> = self.params().collect();
+        if let Some(extra) = params.keys().find(|k| !used.contains(&k.as_str())) {
+            return Err((
+                format!("params.{extra}"),
+                "is not a parameter of this operation".into(),
+            ));
+        }
+        let mut out = String::new();
+        for segment in &self.0 {
+            match segment {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Param(name) => {
+                    let field = format!("params.{name}");
+                    let value = match params.get(name) {
+                        None | Some(Value::Null) => {
+                            return Err((field, "is required by this operation".into()))
+                        }
+                        Some(Value::String(s)) if s.is_empty() => {
+                            return Err((field, "must not be empty".into()))
+                        }
+                        // URL parsers resolve `.`/`..` segments (even encoded
+                        // ones), which would escape the declared operation path.
+                        Some(Value::String(s)) if s == "." || s == ".." => {
+                            return Err((field, "must not be `.` or `..`".into()))
+                        }
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Number(n)) => n.to_string(),
+                        Some(Value::Bool(b)) => b.to_string(),
+                        Some(_) => {
+                            return Err((field, "must be a string, number or boolean".into()))
+                        }
+                    };
+                    out.extend(utf8_percent_encode(&value, PATH_PARAM));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What the upstream answered, as stored in the command's `result` and sent in
+/// the callback.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct UpstreamResult {
+    /// Upstream HTTP status; null when no response was received (timeout,
+    /// connection error).
+    pub status_code: Option<u16>,
+    /// The upstream body: JSON when it parses as JSON, else a string; null when
+    /// empty or absent.
+    #[schema(value_type = Object)]
+    pub body: Value,
+    /// Set when the body exceeded `max_response_bytes` and was cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Why the call failed without a response (e.g. `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How an upstream call ended.
+#[derive(Debug, Clone)]
+pub enum CallOutcome {
+    /// 2xx.
+    Succeeded(UpstreamResult),
+    /// A final failure: 4xx other than 408/429, or a 3xx (redirects are not followed).
+    Rejected(UpstreamResult),
+    /// Safe to retry: 5xx, 408, 429, timeout or connection error.
+    Retryable {
+        /// What was received, for the final result if retries run out.
+        result: UpstreamResult,
+        /// The upstream's `Retry-After`, if any.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// One configured integration with its HTTP client.
+pub struct Integration {
+    /// The `[integrations.NAME]` key.
+    pub name: String,
+    /// Its settings.
+    pub settings: IntegrationSettings,
+    client: reqwest::Client,
+    credential: Option<(HeaderName, HeaderValue)>,
+}
+
+/// What to call: the parts of a command the upstream request is built from.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest<'a> {
+    /// Command id, for logs and as the idempotency key fallback.
+    pub command_id: Uuid,
+    /// Operation name, for logs.
+    pub operation: &'a str,
+    /// HTTP method (resolved at intake).
+    pub method: &'a str,
+    /// Filled path (resolved at intake), appended to `base_url`.
+    pub path: &'a str,
+    /// JSON body, if any.
+    pub body: Option<&'a Value>,
+    /// Forwarded as `Idempotency-Key` so a vendor can de-duplicate our retries:
+    /// the client's key, or the command id.
+    pub idempotency_key: &'a str,
+}
+
+impl Integration {
+    /// Builds the client for one integration.
+    ///
+    /// # Errors
+    /// If the TLS backend cannot initialise or the credential is not a valid
+    /// header value.
+    pub fn new(name: &str, settings: &IntegrationSettings) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.timeout_ms.min(5_000)))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let credential = match &settings.credential {
+            Some(c) => {
+                let name = HeaderName::try_from(c.header.as_str())?;
+                let raw = c
+                    .value
+                    .as_ref()
+                    .map(|v| v.expose_secret().to_owned())
+                    .unwrap_or_default();
+                let mut value = HeaderValue::try_from(raw).map_err(|_| {
+                    anyhow::anyhow!(
+                        "integrations.{}.credential: value is not a valid header value",
+                        name
+                    )
+                })?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+            None => None,
+        };
+        Ok(Integration {
+            name: name.to_owned(),
+            settings: settings.clone(),
+            client,
+            credential,
+        })
+    }
+
+    /// The declared operation `op`, if any.
+    pub fn operation(&self, op: &str) -> Option<&OperationSettings> {
+        self.settings.operations.get(op)
+    }
+
+    /// Performs one upstream call and classifies the answer. Never panics and
+    /// never returns an error: transport failures are `Retryable`.
+    #[tracing::instrument(
+        name = "upstream_call",
+        target = "hookrelay::command",
+        skip_all,
+        fields(integration = %self.name, operation = req.operation, command_id = %req.command_id, status, duration_ms)
+    )]
+    pub async fn call(&self, req: &UpstreamRequest<'_>) -> CallOutcome {
+        let url = format!(
+            "{}{}",
+            self.settings.base_url.as_str().trim_end_matches('/'),
+            req.path
+        );
+        let method =
+            reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut builder = self
+            .client
+            .request(method, &url)
+            .header("idempotency-key", req.idempotency_key);
+        if let Some((name, value)) = &self.credential {
+            builder = builder.header(name.clone(), value.clone());
+        }
+        if let Some(body) = req.body {
+            builder = builder.json(body);
+        }
+        let started = Instant::now();
+        let outcome = match builder.send().await {
+            Err(e) => CallOutcome::Retryable {
+                result: UpstreamResult {
+                    status_code: None,
+                    body: Value::Null,
+                    truncated: false,
+                    error: Some(describe_transport_error(&e)),
+                },
+                retry_after: None,
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = retry_after_of(&resp);
+                match read_body_limited(resp, self.settings.max_response_bytes).await {
+                    Err(e) => CallOutcome::Retryable {
+                        result: UpstreamResult {
+                            status_code: Some(status.as_u16()),
+                            body: Value::Null,
+                            truncated: false,
+                            error: Some(describe_transport_error(&e)),
+                        },
+                        retry_after,
+                    },
+                    Ok((bytes, truncated)) => {
+                        let result = UpstreamResult {
+                            status_code: Some(status.as_u16()),
+                            body: body_value(&bytes, truncated),
+                            truncated,
+                            error: None,
+                        };
+                        classify(status.as_u16(), result, retry_after)
+                    }
+                }
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("duration_ms", started.elapsed().as_millis() as u64);
+        let (CallOutcome::Succeeded(r)
+        | CallOutcome::Rejected(r)
+        | CallOutcome::Retryable { result: r, .. }) = &outcome;
+        if let Some(code) = r.status_code {
+            span.record("status", code);
+        }
+        tracing::debug!(target: "hookrelay::command", "upstream call finished");
+        outcome
+    }
+}
+
+fn classify(status: u16, result: UpstreamResult, retry_after: Option<Duration>) -> CallOutcome {
+    match status {
+        200..=299 => CallOutcome::Succeeded(result),
+        408 | 429 | 500..=599 => CallOutcome::Retryable {
+            result,
+            retry_after,
+        },
+        _ => CallOutcome::Rejected(result),
+    }
+}
+
+/// The body as JSON when it parses, else as a string; empty → null.
+fn body_value(bytes: &[u8], truncated: bool) -> Value {
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    if !truncated {
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            return v;
+        }
+    }
+    Value::String(lossy_text(bytes))
+}
+
+/// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential
+/// Backoff And Jitter"): a uniform delay in `[0, base · 2^(attempt-1)]`,
+/// capped at 5 minutes. `attempt` is the 1-based try that just failed.
+pub fn backoff(attempt: u32, base_ms: u64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(20);
+    let ceiling = base_ms.saturating_mul(1u64 << exp).min(300_000);
+    Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
+}
+
+/// All configured integrations, by name.
+#[derive(Default)]
+pub struct Integrations(HashMap<String, Integration>);
+
+impl Integrations {
+    /// Builds a client per `[integrations.NAME]`.
+    ///
+    /// # Errors
+    /// If any client cannot be built.
+    pub fn from_settings(settings: &BTreeMap<String, IntegrationSettings>) -> anyhow::Result<Self> {
+        let mut map = HashMap::new();
+        for (name, s) in settings {
+            map.insert(name.clone(), Integration::new(name, s)?);
+        }
+        Ok(Integrations(map))
+    }
+
+    /// The integration called `name`.
+    pub fn get(&self, name: &str) -> Option<&Integration> {
+        self.0.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(v: Value) -> serde_json::Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn template_fills_and_encodes() {
+        let t = PathTemplate::parse("/anything/things/{thing_id}/x").expect("parse");
+        assert_eq!(t.params().collect::<Vec<_>>(), vec!["thing_id"]);
+        let p = t
+            .fill(&params(json!({"thing_id": "a/b c?"})))
+            .expect("fill");
+        assert_eq!(p, "/anything/things/a%2Fb%20c%3F/x");
+        let p = t.fill(&params(json!({"thing_id": 42}))).expect("fill");
+        assert_eq!(p, "/anything/things/42/x");
+    }
+
+    #[test]
+    fn template_errors_name_the_param() {
+        let t = PathTemplate::parse("/t/{id}").expect("parse");
+        assert_eq!(
+            t.fill(&params(json!({}))).expect_err("missing").0,
+            "params.id"
+        );
+        assert_eq!(
+            t.fill(&params(json!({"id": {"x": 1}})))
+                .expect_err("object")
+                .0,
+            "params.id"
+        );
+        assert_eq!(
+            t.fill(&params(json!({"id": "1", "other": "2"})))
+                .expect_err("extra")
+                .0,
+            "params.other"
+        );
+        for dots in ["..", "."] {
+            assert_eq!(
+                t.fill(&params(json!({"id": dots}))).expect_err("dots").0,
+                "params.id"
+            );
+        }
+        assert_eq!(
+            t.fill(&params(json!({"id": "..."}))).expect("three dots"),
+            "/t/..."
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_refused() {
+        for bad in ["no-slash", "/a/{", "/a/}", "/a/{}", "/a/{b-c}"] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn classification() {
+        let r = UpstreamResult {
+            status_code: Some(0),
+            body: Value::Null,
+            truncated: false,
+            error: None,
+        };
+        assert!(matches!(
+            classify(201, r.clone(), None),
+            CallOutcome::Succeeded(_)
+        ));
+        assert!(matches!(
+            classify(400, r.clone(), None),
+            CallOutcome::Rejected(_)
+        ));
+        assert!(matches!(
+            classify(302, r.clone(), None),
+            CallOutcome::Rejected(_)
+        ));
+        for s in [408, 429, 500, 503] {
+            assert!(matches!(
+                classify(s, r.clone(), None),
+                CallOutcome::Retryable { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn backoff_stays_within_its_ceiling() {
+        for attempt in 1..6 {
+            for _ in 0..50 {
+                let d = backoff(attempt, 100);
+                assert!(d <= Duration::from_millis(100 << (attempt - 1)));
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_become_json_or_text() {
+        assert_eq!(body_value(br#"{"a":1}"#, false), json!({"a": 1}));
+        assert_eq!(body_value(b"plain", false), json!("plain"));
+        assert_eq!(body_value(b"", false), Value::Null);
+    }
+}

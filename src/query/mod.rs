@@ -1,0 +1,390 @@
+//! The read side: command status documents, lists and the delivery audit log.
+//!
+//! Every handler here reads through the read pool (`database.read_url`, else
+//! the primary) and never writes. Visibility: the owner (role `client`, same
+//! `sub`), any `reader` or `admin`; anyone else gets 404 so a command's
+//! existence does not leak. Logs use the target `hookrelay::query`.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::command::NewCommand;
+use crate::domain::{CommandStatus, DeliveryStatus};
+use crate::error::{ApiError, Problem};
+use crate::integration::UpstreamResult;
+use crate::startup::ReadPool;
+
+/// Where the callback stands (SPEC "The status document").
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CallbackState {
+    /// The callback URL.
+    pub url: String,
+    /// `pending`, `delivered` or `dead_lettered`.
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// The `webhook-id` once the delivery exists (after the upstream call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<Uuid>,
+}
+
+/// The status document of a command (SPEC "The status document").
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StatusDocument {
+    /// Command id (UUIDv7).
+    pub id: Uuid,
+    /// `accepted`, `in_progress`, `succeeded` or `failed`.
+    pub status: CommandStatus,
+    /// Integration name.
+    pub integration: String,
+    /// Operation name.
+    pub operation: String,
+    /// When the command was accepted (RFC 3339).
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last status change (RFC 3339).
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The upstream result; null until the upstream call has ended.
+    pub result: Option<UpstreamResult>,
+    /// The callback's state.
+    pub callback: CallbackState,
+}
+
+impl StatusDocument {
+    /// The document of a command that was just accepted.
+    pub fn accepted(c: &NewCommand, created_at: chrono::DateTime<chrono::Utc>) -> Self {
+        StatusDocument {
+            id: c.id,
+            status: CommandStatus::Accepted,
+            integration: c.integration.clone(),
+            operation: c.operation.clone(),
+            created_at,
+            updated_at: created_at,
+            result: None,
+            callback: CallbackState {
+                url: c.callback_url.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                webhook_id: None,
+            },
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StatusRow {
+    id: Uuid,
+    client_id: String,
+    status: String,
+    integration: String,
+    operation: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    result: Option<Json<UpstreamResult>>,
+    callback_url: String,
+    delivery_id: Option<Uuid>,
+    delivery_status: Option<String>,
+    delivery_attempts: Option<i32>,
+}
+
+impl StatusRow {
+    fn into_doc(self) -> (String, StatusDocument) {
+        let doc = StatusDocument {
+            id: self.id,
+            status: CommandStatus::parse(&self.status).unwrap_or(CommandStatus::Accepted),
+            integration: self.integration,
+            operation: self.operation,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            result: self.result.map(|r| r.0),
+            callback: CallbackState {
+                url: self.callback_url,
+                status: self
+                    .delivery_status
+                    .as_deref()
+                    .and_then(DeliveryStatus::parse)
+                    .unwrap_or(DeliveryStatus::Pending),
+                attempts: self.delivery_attempts.unwrap_or(0),
+                webhook_id: self.delivery_id,
+            },
+        };
+        (self.client_id, doc)
+    }
+}
+
+const STATUS_SELECT: &str = r#"
+    SELECT c.id, c.client_id, c.status, c.integration, c.operation, c.created_at, c.updated_at,
+           c.result, c.callback_url,
+           d.id AS delivery_id, d.status AS delivery_status, d.attempts AS delivery_attempts
+      FROM commands c
+      LEFT JOIN deliveries d ON d.command_id = c.id
+"#;
+
+/// Loads a command's owner and status document.
+///
+/// # Errors
+/// Database errors.
+pub async fn load_status(
+    pool: &PgPool,
+    id: Uuid,
+) -> sqlx::Result<Option<(String, StatusDocument)>> {
+    let row: Option<StatusRow> = sqlx::query_as(&format!("{STATUS_SELECT} WHERE c.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(StatusRow::into_doc))
+}
+
+/// Routes of the read side.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/commands", web::get().to(list_commands))
+        .route("/v1/commands/{id}", web::get().to(get_command))
+        .route("/v1/commands/{id}/attempts", web::get().to(list_attempts));
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("no such command".into()))
+}
+
+fn require_reader(principal: &Principal) -> Result<(), ApiError> {
+    principal.require(&[Role::Client, Role::Reader, Role::Admin])
+}
+
+/// Loads a command the caller may read, or 404.
+async fn visible_command(
+    pool: &PgPool,
+    principal: &Principal,
+    id: Uuid,
+) -> Result<StatusDocument, ApiError> {
+    match load_status(pool, id).await? {
+        Some((owner, doc)) if principal.can_read(&owner) => Ok(doc),
+        _ => Err(ApiError::NotFound("no such command".into())),
+    }
+}
+
+/// A command's status document (polling).
+#[utoipa::path(
+    get, path = "/v1/commands/{id}", tag = "commands",
+    params(("id" = Uuid, Path, description = "Command id")),
+    responses(
+        (status = 200, description = "The status document", body = StatusDocument, headers(("Retry-After" = u64, description = "Suggested polling delay while not finished, seconds"))),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such command, or not yours", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(name = "get_command", target = "hookrelay::query", skip_all, fields(command_id = %path))]
+pub async fn get_command(
+    principal: Principal,
+    path: web::Path<String>,
+    pool: web::Data<ReadPool>,
+    settings: web::Data<std::sync::Arc<crate::config::Settings>>,
+) -> Result<HttpResponse, ApiError> {
+    require_reader(&principal)?;
+    let id = parse_id(&path)?;
+    let doc = visible_command(&pool.0, &principal, id).await?;
+    let mut resp = HttpResponse::Ok();
+    if !doc.status.is_terminal() || doc.callback.status == DeliveryStatus::Pending {
+        resp.insert_header((
+            actix_web::http::header::RETRY_AFTER,
+            settings.commands.retry_after_s.to_string(),
+        ));
+    }
+    Ok(resp.json(doc))
+}
+
+/// Query parameters of `GET /v1/commands`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only commands in this status.
+    pub status: Option<String>,
+    /// Only commands for this integration.
+    pub integration: Option<String>,
+}
+
+/// A page of status documents.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CommandPage {
+    /// Newest first.
+    pub data: Vec<StatusDocument>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The `limit` query parameter (parsed here so the problem names it).
+fn page_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+    let limit = match limit {
+        None => 50,
+        Some(raw) => raw.parse::<i64>().unwrap_or(0),
+    };
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 200"));
+    }
+    Ok(limit)
+}
+
+/// Lists commands, newest first: the caller's own, or all for readers/admins.
+#[utoipa::path(
+    get, path = "/v1/commands", tag = "commands",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of status documents", body = CommandPage),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(name = "list_commands", target = "hookrelay::query", skip_all)]
+pub async fn list_commands(
+    principal: Principal,
+    params: web::Query<ListParams>,
+    pool: web::Data<ReadPool>,
+) -> Result<HttpResponse, ApiError> {
+    require_reader(&principal)?;
+    let limit = page_limit(params.limit.as_deref())?;
+    if let Some(s) = &params.status {
+        CommandStatus::parse(s).ok_or_else(|| {
+            ApiError::validation(
+                "status",
+                "must be accepted, in_progress, succeeded or failed",
+            )
+        })?;
+    }
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
+        })
+        .transpose()?;
+    let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
+    let rows: Vec<StatusRow> = sqlx::query_as(&format!(
+        r#"{STATUS_SELECT}
+         WHERE ($1::text IS NULL OR c.client_id = $1)
+           AND ($2::text IS NULL OR c.status = $2)
+           AND ($3::text IS NULL OR c.integration = $3)
+           AND ($4::uuid IS NULL OR c.id < $4)
+         ORDER BY c.id DESC
+         LIMIT $5"#
+    ))
+    .bind(owner)
+    .bind(params.status.as_deref())
+    .bind(params.integration.as_deref())
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&pool.0)
+    .await?;
+    let mut data: Vec<StatusDocument> = rows.into_iter().map(|r| r.into_doc().1).collect();
+    let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+        data.pop();
+        data.last().map(|d| d.id.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(CommandPage { data, next_cursor }))
+}
+
+/// One webhook attempt in the audit log.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct Attempt {
+    /// 1-based attempt number over the delivery's life.
+    pub attempt: i32,
+    /// The `webhook-id` sent.
+    pub webhook_id: Uuid,
+    /// `scheduled` or `replay`.
+    pub trigger: String,
+    /// When the attempt started (RFC 3339).
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// How long it took, ms.
+    pub duration_ms: i32,
+    /// Receiver's status; null on a network error.
+    pub response_status: Option<i32>,
+    /// First bytes of the receiver's body (`delivery.response_body_limit_bytes`).
+    pub response_body: Option<String>,
+    /// Why the attempt failed; null on success.
+    pub error: Option<String>,
+}
+
+/// A page of attempts.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttemptPage {
+    /// Oldest first.
+    pub data: Vec<Attempt>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query parameters of `GET /v1/commands/{id}/attempts`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AttemptParams {
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>)]
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The delivery audit log of a command: every webhook attempt, oldest first.
+#[utoipa::path(
+    get, path = "/v1/commands/{id}/attempts", tag = "commands",
+    params(("id" = Uuid, Path, description = "Command id"), AttemptParams),
+    responses(
+        (status = 200, description = "A page of attempts", body = AttemptPage),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such command, or not yours", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(name = "list_attempts", target = "hookrelay::query", skip_all, fields(command_id = %path))]
+pub async fn list_attempts(
+    principal: Principal,
+    path: web::Path<String>,
+    params: web::Query<AttemptParams>,
+    pool: web::Data<ReadPool>,
+) -> Result<HttpResponse, ApiError> {
+    require_reader(&principal)?;
+    let id = parse_id(&path)?;
+    let limit = page_limit(params.limit.as_deref())?;
+    let after: i32 = match params.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))?,
+    };
+    visible_command(&pool.0, &principal, id).await?;
+    let mut data: Vec<Attempt> = sqlx::query_as(
+        r#"
+        SELECT a.attempt, a.delivery_id AS webhook_id, a.trigger, a.started_at, a.duration_ms,
+               a.response_status, a.response_body, a.error
+          FROM delivery_attempts a
+          JOIN deliveries d ON d.id = a.delivery_id
+         WHERE d.command_id = $1 AND a.attempt > $2
+         ORDER BY a.attempt
+         LIMIT $3
+        "#,
+    )
+    .bind(id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&pool.0)
+    .await?;
+    let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+        data.pop();
+        data.last().map(|a| a.attempt.to_string())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(AttemptPage { data, next_cursor }))
+}

@@ -1,0 +1,100 @@
+//! Crash safety: a job whose worker died is reclaimed after its lease and
+//! completed exactly once more; a stale worker cannot overwrite the outcome.
+
+use std::time::Duration;
+
+use hookrelay::domain::CommandStatus;
+use hookrelay::integration::UpstreamResult;
+use hookrelay::outbox;
+use hookrelay::startup::{Application, ServeRole};
+use serde_json::{json, Value};
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer};
+
+use crate::helpers::{settled, spawn_with_settings, test_settings, Echo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
+    // An API-only process: commands are accepted but nobody dispatches them.
+    let upstream = MockServer::start().await;
+    let settings = test_settings(&upstream.uri());
+    let app = spawn_with_settings(settings.clone(), upstream, ServeRole::Api).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo(200))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let resp = app
+        .post_command(&token, &app.command("1", json!({})), None)
+        .await;
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // A worker claims the job with a short lease and dies without finishing.
+    let dead = outbox::claim(&app.pool, 10, Duration::from_millis(300))
+        .await
+        .expect("claim");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(app.status(&token, &id).await["status"], "in_progress");
+    // While the lease holds, nobody else can claim the job.
+    assert!(outbox::claim(&app.pool, 10, Duration::from_secs(10))
+        .await
+        .expect("claim")
+        .is_empty());
+
+    // A live worker process on the same database picks it up after the lease.
+    let worker = Application::build(settings, ServeRole::Worker)
+        .await
+        .expect("worker");
+    let worker_stop = worker.shutdown_token();
+    let worker_task = tokio::spawn(worker.run_until_stopped());
+
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["callback"]["status"], "delivered");
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE kind = 'execute'")
+        .fetch_optional(&app.pool)
+        .await
+        .expect("query")
+        .unwrap_or(-1);
+    assert_eq!(attempts, -1, "the execute job is finished and gone");
+
+    // The dead worker wakes up and tries to record its own outcome: refused.
+    let stale = UpstreamResult {
+        status_code: Some(500),
+        body: json!("stale"),
+        truncated: false,
+        error: None,
+    };
+    let written = outbox::finish_execute(
+        &app.pool,
+        &dead[0],
+        CommandStatus::Failed,
+        &stale,
+        uuid::Uuid::now_v7(),
+        "{}",
+    )
+    .await
+    .expect("finish");
+    assert!(!written, "a stale lease writes nothing");
+    let doc = app.status(&token, &id).await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["result"]["status_code"], 200);
+    assert_eq!(app.count("deliveries").await, 1);
+    assert_eq!(app.count("jobs").await, 0);
+    assert_eq!(app.receiver.received().len(), 1);
+    assert!(app.receiver.received()[0].verified);
+
+    worker_stop.cancel();
+    worker_task
+        .await
+        .expect("join")
+        .expect("worker stops cleanly");
+    app.upstream.verify().await;
+}

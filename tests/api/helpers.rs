@@ -1,0 +1,371 @@
+//! Test harness: a fresh Postgres database per test, the real application on
+//! port 0, a wiremock upstream and a real webhook receiver that verifies every
+//! callback with the reference `standardwebhooks` crate.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hookrelay::auth::JwtKeys;
+use hookrelay::config::{
+    IntegrationSettings, OperationSettings, QuerySettings, Settings, WriteMethod,
+};
+use hookrelay::startup::{Application, ServeRole};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+/// Base URL of the test Postgres server (trust auth).
+pub fn pg_base() -> String {
+    std::env::var("HOOKRELAY_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// One webhook as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub webhook_id: String,
+    pub body: Value,
+    pub verified: bool,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    secrets: Vec<String>,
+    script: VecDeque<u16>,
+    default_status: u16,
+    received: Vec<Received>,
+}
+
+/// A partner server: answers scripted statuses (default 200) and verifies each
+/// request with `standardwebhooks::Webhook::verify` against trusted secrets.
+#[derive(Clone)]
+pub struct TestReceiver {
+    pub server: Arc<MockServer>,
+    state: Arc<Mutex<ReceiverState>>,
+}
+
+struct Verifier(Arc<Mutex<ReceiverState>>);
+
+impl Respond for Verifier {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let mut st = self.0.lock().expect("receiver lock");
+        let verified = st.secrets.iter().any(|s| {
+            standardwebhooks::Webhook::new(s)
+                .map(|wh| wh.verify(&req.body, &req.headers).is_ok())
+                .unwrap_or(false)
+        });
+        let header = |n: &str| {
+            req.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        st.received.push(Received {
+            webhook_id: header("webhook-id"),
+            body: serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+            verified,
+            at: Instant::now(),
+        });
+        let status = st.script.pop_front().unwrap_or(st.default_status);
+        ResponseTemplate::new(status).set_body_string(format!("receiver says {status}"))
+    }
+}
+
+impl TestReceiver {
+    pub async fn start() -> TestReceiver {
+        let server = MockServer::start().await;
+        let state = Arc::new(Mutex::new(ReceiverState {
+            default_status: 200,
+            ..Default::default()
+        }));
+        Mock::given(method("POST"))
+            .respond_with(Verifier(state.clone()))
+            .mount(&server)
+            .await;
+        TestReceiver {
+            server: Arc::new(server),
+            state,
+        }
+    }
+
+    /// The callback URL of this receiver.
+    pub fn url(&self) -> String {
+        format!("{}/hooks", self.server.uri())
+    }
+
+    pub fn trust(&self, secret: &str) {
+        self.state
+            .lock()
+            .expect("lock")
+            .secrets
+            .push(secret.to_owned());
+    }
+
+    /// Answer these statuses first, in order.
+    pub fn script(&self, statuses: &[u16]) {
+        self.state.lock().expect("lock").script.extend(statuses);
+    }
+
+    /// Answer this status once the script is used up.
+    pub fn always(&self, status: u16) {
+        self.state.lock().expect("lock").default_status = status;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().expect("lock").received.clone()
+    }
+
+    /// Waits until at least `n` webhooks arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Echoes the upstream request back as JSON, so each command's result is
+/// distinguishable: `{"path": ..., "method": ..., "received": <body>, "idempotency_key": ...}`.
+pub struct Echo(pub u16);
+
+impl Respond for Echo {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        ResponseTemplate::new(self.0).set_body_json(json!({
+            "path": req.url.path(),
+            "method": req.method.as_str(),
+            "received": serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null),
+            "idempotency_key": req.headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
+        }))
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub upstream: MockServer,
+    pub receiver: TestReceiver,
+    pub http: reqwest::Client,
+    pub settings: Settings,
+    pub shutdown: CancellationToken,
+}
+
+/// Settings for a test: fresh database, port 0, private callbacks allowed,
+/// a short delivery schedule and the `httpbin` integration on `upstream`.
+pub fn test_settings(upstream: &str) -> Settings {
+    let mut s = Settings::defaults().expect("defaults");
+    let db = format!("hookrelay_test_{}", Uuid::new_v4().simple());
+    s.database.url = SecretString::from(format!("{}/{db}", pg_base()));
+    s.database.max_connections = 10;
+    s.server.bind = "127.0.0.1:0".into();
+    s.server.workers = 1;
+    s.security.allow_private_callbacks = true;
+    s.delivery.retry_schedule_s = vec![0.05, 0.1];
+    s.delivery.timeout_ms = 2_000;
+    s.dispatcher.lease_s = 10;
+    s.dispatcher.shutdown_grace_s = 2;
+    let operations = [
+        (
+            "create_thing",
+            WriteMethod::Post,
+            "/anything/things/{thing_id}",
+        ),
+        (
+            "delete_thing",
+            WriteMethod::Delete,
+            "/anything/things/{thing_id}",
+        ),
+        ("ping", WriteMethod::Post, "/ping"),
+    ]
+    .into_iter()
+    .map(|(n, m, p)| {
+        (
+            n.to_owned(),
+            OperationSettings {
+                method: m,
+                path: p.to_owned(),
+            },
+        )
+    })
+    .collect();
+    s.integrations.insert(
+        "httpbin".into(),
+        IntegrationSettings {
+            base_url: upstream.parse().expect("upstream url"),
+            timeout_ms: 2_000,
+            max_attempts: 3,
+            retry_backoff_ms: 20,
+            max_response_bytes: 64 * 1024,
+            credential: None,
+            operations,
+            queries: [(
+                "get_json".to_owned(),
+                QuerySettings {
+                    path: "/json".into(),
+                },
+            )]
+            .into(),
+        },
+    );
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    customize(&mut settings);
+    spawn_with_settings(settings, upstream, ServeRole::All).await
+}
+
+pub async fn spawn_with_settings(
+    settings: Settings,
+    upstream: MockServer,
+    role: ServeRole,
+) -> TestApp {
+    let settings = settings.validate().expect("valid test settings");
+    hookrelay::telemetry::init(&settings.telemetry);
+    let receiver = TestReceiver::start().await;
+    let app = Application::build(settings.clone(), role)
+        .await
+        .expect("build app");
+    let port = app.port().unwrap_or(0);
+    let pool = app.pool().clone();
+    let shutdown = app.shutdown_token();
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        pool,
+        upstream,
+        receiver,
+        http: reqwest::Client::new(),
+        settings,
+        shutdown,
+    }
+}
+
+impl Drop for TestApp {
+    /// Stops the application (HTTP server, dispatcher) with the test.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl TestApp {
+    /// A token for `sub` with `roles`, signed with the app's key.
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        JwtKeys::new(&self.settings.auth)
+            .mint(
+                sub,
+                &roles.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>(),
+                600,
+            )
+            .expect("mint")
+    }
+
+    /// A command body for `create_thing` calling back to the test receiver.
+    pub fn command(&self, thing_id: &str, body: Value) -> Value {
+        json!({
+            "integration": "httpbin",
+            "operation": "create_thing",
+            "params": {"thing_id": thing_id},
+            "body": body,
+            "callback_url": self.receiver.url(),
+        })
+    }
+
+    pub async fn post_command(
+        &self,
+        token: &str,
+        body: &Value,
+        key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/commands", self.address))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await.expect("POST /v1/commands")
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn status(&self, token: &str, id: &str) -> Value {
+        let resp = self.get(token, &format!("/v1/commands/{id}")).await;
+        assert_eq!(resp.status(), 200, "GET status of {id}");
+        resp.json().await.expect("status json")
+    }
+
+    /// Fetches the client's signing secret and makes the receiver trust it.
+    pub async fn trust_client(&self, token: &str) -> String {
+        let resp = self.get(token, "/v1/signing-secret").await;
+        assert_eq!(resp.status(), 200);
+        let secret = resp.json::<Value>().await.expect("json")["secret"]
+            .as_str()
+            .expect("secret")
+            .to_owned();
+        self.receiver.trust(&secret);
+        secret
+    }
+
+    /// Polls the status document until `done` holds (or panics after `timeout`).
+    pub async fn wait_status(
+        &self,
+        token: &str,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let doc = self.status(token, id).await;
+            if done(&doc) {
+                return doc;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting; last status document: {doc:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+/// Callback delivered (or dead-lettered) and command finished.
+pub fn settled(doc: &Value) -> bool {
+    matches!(doc["status"].as_str(), Some("succeeded" | "failed"))
+        && matches!(
+            doc["callback"]["status"].as_str(),
+            Some("delivered" | "dead_lettered")
+        )
+}

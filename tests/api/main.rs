@@ -1,0 +1,11 @@
+//! Black-box API tests: real Postgres (a fresh database per test), real HTTP
+//! on loopback (wiremock upstream, a receiver verifying with `standardwebhooks`).
+
+mod auth;
+mod cli;
+mod crash;
+mod failures;
+mod helpers;
+mod operations;
+mod pipeline;
+mod validation;

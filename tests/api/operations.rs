@@ -1,0 +1,154 @@
+//! Probes, OpenAPI, unknown routes, listing and pagination.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wiremock::matchers::method;
+use wiremock::Mock;
+
+use crate::helpers::{settled, spawn_app, Echo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_openapi_and_unknown_routes() {
+    let app = spawn_app().await;
+    for probe in ["/healthz", "/readyz"] {
+        let resp = app
+            .http
+            .get(format!("{}{probe}", app.address))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 200, "{probe}");
+    }
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for (path, verb) in [
+        ("/v1/commands", "post"),
+        ("/v1/commands", "get"),
+        ("/v1/commands/{id}", "get"),
+        ("/v1/commands/{id}/attempts", "get"),
+        ("/v1/signing-secret", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][verb].is_object(),
+            "openapi lacks {verb} {path}"
+        );
+    }
+    let resp = app
+        .http
+        .get(format!("{}/v1/nope", app.address))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo(200))
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let resp = app
+            .post_command(&token, &app.command(&i.to_string(), json!({})), None)
+            .await;
+        ids.push(
+            resp.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        app.wait_status(&token, id, Duration::from_secs(10), settled)
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/commands?limit=2&cursor={c}"),
+            None => "/v1/commands?limit=2".to_owned(),
+        };
+        let page: Value = app.get(&token, &path).await.json().await.expect("json");
+        let data = page["data"].as_array().expect("data");
+        assert!(data.len() <= 2);
+        seen.extend(
+            data.iter()
+                .map(|d| d["id"].as_str().expect("id").to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let page: Value = app
+        .get(&token, "/v1/commands?status=succeeded&integration=httpbin")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["data"].as_array().expect("data").len(), 5);
+    let page: Value = app
+        .get(&token, "/v1/commands?status=failed")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["data"].as_array().expect("data").len(), 0);
+
+    for bad in [
+        "/v1/commands?status=bogus",
+        "/v1/commands?limit=0",
+        "/v1/commands?limit=abc",
+        "/v1/commands?cursor=zzz",
+    ] {
+        let resp = app.get(&token, bad).await;
+        assert_eq!(resp.status(), 422, "{bad}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let field = bad
+            .split('?')
+            .nth(1)
+            .and_then(|q| q.split('=').next())
+            .expect("param");
+        assert_eq!(
+            resp.json::<Value>().await.expect("json")["field"],
+            field,
+            "{bad}"
+        );
+    }
+
+    let attempts: Value = app
+        .get(&token, &format!("/v1/commands/{}/attempts", ids[0]))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let data = attempts["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["attempt"], 1);
+    assert_eq!(data[0]["response_status"], 200);
+    assert_eq!(data[0]["trigger"], "scheduled");
+    assert_eq!(data[0]["error"], Value::Null);
+    assert_eq!(attempts["next_cursor"], Value::Null);
+}

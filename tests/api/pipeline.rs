@@ -1,0 +1,178 @@
+//! The main job end to end: command → outbox → upstream → signed callback.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path_regex};
+use wiremock::Mock;
+
+use crate::helpers::{settled, spawn_app, Echo};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_commands_succeed_and_deliver_verified_callbacks() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .and(path_regex(r"^/anything/things/[0-9]+$"))
+        .respond_with(Echo(200))
+        .expect(50)
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+
+    let posts = (0..50).map(|i| {
+        let body = app.command(&i.to_string(), json!({"n": i}));
+        let token = token.clone();
+        let app = &app;
+        async move {
+            let resp = app.post_command(&token, &body, None).await;
+            assert_eq!(resp.status(), 202);
+            let location = resp.headers()["location"]
+                .to_str()
+                .expect("location")
+                .to_owned();
+            assert!(resp.headers().contains_key("retry-after"));
+            let doc: Value = resp.json().await.expect("json");
+            assert_eq!(doc["status"], "accepted");
+            assert_eq!(
+                location,
+                format!("/v1/commands/{}", doc["id"].as_str().expect("id"))
+            );
+            (i, doc["id"].as_str().expect("id").to_owned())
+        }
+    });
+    let ids: Vec<(i32, String)> = futures_util::future::join_all(posts).await;
+
+    let received = app.receiver.wait_for(50, Duration::from_secs(30)).await;
+    assert_eq!(received.len(), 50, "every command is called back");
+    assert!(
+        received.iter().all(|r| r.verified),
+        "standardwebhooks verifies every callback"
+    );
+    let webhook_ids: HashSet<&str> = received.iter().map(|r| r.webhook_id.as_str()).collect();
+    assert_eq!(webhook_ids.len(), 50, "one webhook-id per delivery");
+
+    for (i, id) in &ids {
+        let doc = app
+            .wait_status(&token, id, Duration::from_secs(10), settled)
+            .await;
+        assert_eq!(doc["status"], "succeeded");
+        assert_eq!(doc["callback"]["status"], "delivered");
+        assert_eq!(doc["callback"]["attempts"], 1);
+        assert_eq!(doc["result"]["status_code"], 200);
+        assert_eq!(
+            doc["result"]["body"]["path"],
+            format!("/anything/things/{i}")
+        );
+        assert_eq!(doc["result"]["body"]["received"], json!({"n": i}));
+        assert_eq!(
+            doc["result"]["body"]["idempotency_key"],
+            id.as_str(),
+            "command id forwarded upstream"
+        );
+
+        let hook = received
+            .iter()
+            .find(|r| r.body["data"]["command_id"] == id.as_str())
+            .expect("callback for command");
+        assert_eq!(
+            hook.webhook_id,
+            doc["callback"]["webhook_id"].as_str().expect("webhook id")
+        );
+        assert_eq!(hook.body["type"], "command.succeeded");
+        assert_eq!(hook.body["data"]["status"], "succeeded");
+        assert_eq!(hook.body["data"]["integration"], "httpbin");
+        assert_eq!(hook.body["data"]["operation"], "create_thing");
+        assert_eq!(
+            hook.body["data"]["result"], doc["result"],
+            "callback carries the upstream response"
+        );
+        assert!(hook.body["timestamp"]
+            .as_str()
+            .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()));
+    }
+    assert_eq!(app.count("jobs").await, 0, "finished jobs leave the outbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_idempotency_key_same_body_is_one_command() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo(201))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let body = app.command("7", json!({"a": 1, "b": [1, 2]}));
+
+    let first = app.post_command(&token, &body, Some("order-7")).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.expect("json");
+
+    // Concurrent retries of the same request, as a flaky client would send them.
+    let again = futures_util::future::join_all(
+        (0..5).map(|_| app.post_command(&token, &body, Some("order-7"))),
+    )
+    .await;
+    for resp in again {
+        assert_eq!(resp.status(), 202);
+        assert_eq!(resp.headers()["idempotent-replayed"], "true");
+        let doc: Value = resp.json().await.expect("json");
+        assert_eq!(doc["id"], first["id"]);
+    }
+
+    // Same key, key order shuffled: still the same request.
+    let shuffled = json!({
+        "callback_url": body["callback_url"], "body": {"b": [1, 2], "a": 1},
+        "params": {"thing_id": "7"}, "operation": "create_thing", "integration": "httpbin",
+    });
+    let resp = app.post_command(&token, &shuffled, Some("order-7")).await;
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.json::<Value>().await.expect("json")["id"], first["id"]);
+
+    let id = first["id"].as_str().expect("id");
+    let doc = app
+        .wait_status(&token, id, Duration::from_secs(10), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(
+        doc["result"]["body"]["idempotency_key"], "order-7",
+        "client key forwarded upstream"
+    );
+    assert_eq!(app.count("commands").await, 1);
+    // Give a wrongly enqueued second job time to call the upstream before verifying expect(1).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.upstream.verify().await;
+    assert_eq!(app.receiver.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_idempotency_key_other_body_is_409_and_keys_are_per_client() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo(200))
+        .mount(&app.upstream)
+        .await;
+    let a = app.token("client-a", &["client"]);
+    let b = app.token("client-b", &["client"]);
+
+    let body = app.command("1", json!({"v": 1}));
+    let first = app.post_command(&a, &body, Some("k1")).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.expect("json");
+
+    let other = app.command("1", json!({"v": 2}));
+    let resp = app.post_command(&a, &other, Some("k1")).await;
+    assert_eq!(resp.status(), 409);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: Value = resp.json().await.expect("json");
+    assert_eq!(problem["status"], 409);
+
+    let resp = app.post_command(&b, &body, Some("k1")).await;
+    assert_eq!(resp.status(), 202, "another client's key space is separate");
+    let doc: Value = resp.json().await.expect("json");
+    assert_ne!(doc["id"], first["id"]);
+    assert_eq!(app.count("commands").await, 2);
+}
