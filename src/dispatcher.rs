@@ -126,7 +126,8 @@ impl Dispatcher {
             }
         }
 
-        tracing::info!(in_flight = tasks.len(), "dispatcher draining");
+        let in_flight = self.in_flight.lock().map(|m| m.len()).unwrap_or(0);
+        tracing::info!(in_flight, "dispatcher draining");
         let grace = settings.shutdown_grace();
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wiremock::matchers::{method, path_regex};
+use wiremock::matchers::{body_json, header, method, path, path_regex};
 use wiremock::Mock;
 
 use crate::helpers::{settled, spawn_app, Echo};
@@ -175,4 +175,49 @@ async fn same_idempotency_key_other_body_is_409_and_keys_are_per_client() {
     let doc: Value = resp.json().await.expect("json");
     assert_ne!(doc["id"], first["id"]);
     assert_eq!(app.count("commands").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_request_is_built_from_the_declared_operation_with_credentials() {
+    // The credential value lives only in the environment, never in config files.
+    std::env::set_var("HOOKRELAY_TEST_VENDOR_TOKEN", "Bearer vendor-secret-42");
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.integrations
+            .get_mut("httpbin")
+            .expect("httpbin")
+            .credential = Some(hookrelay::config::CredentialSettings {
+            header: "Authorization".into(),
+            value_env: "HOOKRELAY_TEST_VENDOR_TOKEN".into(),
+            value: None,
+        });
+    })
+    .await;
+    Mock::given(method("DELETE"))
+        .and(path("/anything/things/a%2Fb%20c"))
+        .and(header("authorization", "Bearer vendor-secret-42"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({"reason": "cleanup"})))
+        .respond_with(Echo(200))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let body = json!({
+        "integration": "httpbin", "operation": "delete_thing",
+        "params": {"thing_id": "a/b c"}, "body": {"reason": "cleanup"},
+        "callback_url": app.receiver.url(),
+    });
+    let resp = app.post_command(&token, &body, None).await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(10), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["result"]["body"]["method"], "DELETE");
+    app.upstream.verify().await;
 }
