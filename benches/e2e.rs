@@ -8,6 +8,7 @@
 //! Postgres commits per command (`pg_stat_database.xact_commit`).
 //!
 //! Run: `cargo bench --bench e2e -- --commands 5000 --concurrency 64`
+//! (`--dispatch-concurrency N` overrides `dispatcher.concurrency`)
 //! (or `scripts/bench.sh`). Under `cargo test` it only prints how to run it.
 
 use std::collections::HashMap;
@@ -27,6 +28,8 @@ type Arrivals = Arc<Mutex<HashMap<Uuid, Instant>>>;
 struct Args {
     commands: usize,
     concurrency: usize,
+    /// `dispatcher.concurrency` (0 = the default from config/default.toml).
+    dispatch: usize,
 }
 
 fn args() -> Option<Args> {
@@ -44,6 +47,7 @@ fn args() -> Option<Args> {
     Some(Args {
         commands: value("--commands", 5000),
         concurrency: value("--concurrency", 64),
+        dispatch: value("--dispatch-concurrency", 0),
     })
 }
 
@@ -126,6 +130,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     settings.server.bind = "127.0.0.1:0".into();
     settings.security.allow_private_callbacks = true;
     settings.telemetry.filter = "warn".into();
+    if args.dispatch > 0 {
+        settings.dispatcher.concurrency = args.dispatch;
+    }
     settings.integrations.insert(
         "bench".into(),
         IntegrationSettings {
@@ -147,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     );
     let settings = settings.validate()?;
+    let dispatch_concurrency = settings.dispatcher.concurrency;
     hookrelay::telemetry::init(&settings.telemetry);
     let token = JwtKeys::new(&settings.auth).mint("bench", &["client".to_owned()], 3600)?;
     let app = Application::build(settings, ServeRole::All).await?;
@@ -246,6 +254,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("  machine            {cores} cores, {cpu}");
     println!("  commands           {}", args.commands);
     println!("  client concurrency {}", args.concurrency);
+    println!("  dispatch concurrency {}", dispatch_concurrency);
     println!(
         "  all accepted (202) {:.2} s  ({:.0} commands/s intake)",
         accepted_in.as_secs_f64(),

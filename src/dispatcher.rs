@@ -25,7 +25,7 @@ use crate::config::Settings;
 use crate::delivery::{next_delay, Sender, WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, DeliveryStatus};
 use crate::integration::{backoff, CallOutcome, Integrations, UpstreamRequest, UpstreamResult};
-use crate::outbox::{self, AfterAttempt, ClaimedJob};
+use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
 use crate::security::ensure_signing_secrets;
 
 /// Everything a job needs, shared by all job tasks.
@@ -38,6 +38,8 @@ pub struct DispatchContext {
     pub integrations: Arc<Integrations>,
     /// Webhook sender.
     pub sender: Sender,
+    /// Group writer for job outcomes.
+    pub outcomes: outbox::Outcomes,
     /// Wakes the dispatcher loop: NOTIFY arrivals, and job tasks that
     /// rescheduled a retry (an UPDATE fires no NOTIFY).
     pub wake: Arc<Notify>,
@@ -298,8 +300,17 @@ async fn finish(
         },
     };
     let payload = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let done =
-        outbox::finish_execute(&ctx.pool, job, status, result, Uuid::now_v7(), &payload).await?;
+    let done = ctx
+        .outcomes
+        .record(Outcome::Finish(Finish {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            status,
+            result: result.clone(),
+            delivery_id: Uuid::now_v7(),
+            payload,
+        }))
+        .await?;
     if done {
         tracing::debug!(target: "hookrelay::command", status = %status, "command finished");
     }
@@ -351,7 +362,16 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     if let AfterAttempt::DeadLettered(reason) = next {
         tracing::warn!(webhook_id = %webhook_id, reason, error = ?outcome.error, "delivery dead-lettered");
     }
-    let done = outbox::record_attempt(&ctx.pool, job, &outcome, next, "scheduled").await?;
+    let done = ctx
+        .outcomes
+        .record(Outcome::Attempt(AttemptRecord {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            outcome,
+            next,
+            trigger: "scheduled",
+        }))
+        .await?;
     if matches!(next, AfterAttempt::RetryIn(_)) {
         ctx.wake.notify_one();
     }

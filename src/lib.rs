@@ -11,6 +11,7 @@
 //! | module | what |
 //! | --- | --- |
 //! | [`config`] | typed, layered, validated settings |
+//! | [`batch`] | group commit: one write per batch of concurrent callers (intake, outcomes) |
 //! | [`startup`] | `Application::build` / `run_until_stopped`: pools, HTTP server, dispatcher |
 //! | [`auth`] | JWT → [`auth::Principal`] extractor, roles |
 //! | [`command`] | write side: `POST /v1/commands`, group intake, signing secret |
@@ -26,6 +27,7 @@
 //! | [`health`], [`openapi`], [`telemetry`], [`http_util`] | probes, API document, logging, HTTP helpers |
 
 pub mod auth;
+pub mod batch;
 pub mod command;
 pub mod config;
 pub mod db;

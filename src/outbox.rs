@@ -4,8 +4,9 @@
 //! `deliver` (send its callback). Workers claim a batch with
 //! `FOR UPDATE SKIP LOCKED`, which moves each job's `run_at` to the lease end
 //! and stamps a fresh `lease_token`; the slow HTTP work then happens outside any
-//! transaction. Every outcome write is one statement that first matches
-//! `(id, lease_token)`: a worker whose lease expired (and whose job another
+//! transaction. Outcomes of concurrent jobs are written together by the
+//! [`Outcomes`] group writer, one statement per kind and batch, each row first
+//! matching `(id, lease_token)`: a worker whose lease expired (and whose job another
 //! worker re-claimed) writes nothing. Finished jobs are deleted, so the
 //! `run_at` index only covers live work. An expired lease needs no reaper: its
 //! `run_at` is in the past, so the job is simply ready again.
@@ -18,7 +19,10 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+use crate::batch::{with_single_fallback, Batcher};
 
 use crate::delivery::AttemptOutcome;
 use crate::domain::{CommandStatus, DeliveryStatus};
@@ -116,11 +120,69 @@ pub async fn claim(pool: &PgPool, limit: usize, lease: Duration) -> sqlx::Result
     .await
 }
 
-/// Records the end of an upstream call: the command gets its final status and
-/// result, and its delivery plus a `deliver` job are created — all in one
-/// statement, only if this worker still holds the lease.
+/// The end of an upstream call, to be recorded by [`finish_batch`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The execute job.
+    pub job_id: i64,
+    /// Its lease token at claim time.
+    pub lease_token: Uuid,
+    /// Final command status.
+    pub status: CommandStatus,
+    /// Upstream result.
+    pub result: UpstreamResult,
+    /// Id of the delivery to create (the `webhook-id`).
+    pub delivery_id: Uuid,
+    /// The webhook body, serialised once.
+    pub payload: String,
+}
+
+/// Records ends of upstream calls in one statement: each command gets its
+/// final status and result, and its delivery plus a `deliver` job are created —
+/// only for jobs whose lease is still held. Returns, per input, whether it was
+/// written (`false`: the lease was lost, nothing written for that job).
 ///
-/// Returns `false` when the lease was lost (nothing written).
+/// # Errors
+/// Database errors (nothing is written then).
+pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec<bool>> {
+    let written: Vec<i64> = sqlx::query_scalar(
+        r#"
+        WITH input AS (
+            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $6::text[])
+                AS t(job_id, lease_token, status, result, delivery_id, payload)
+        ), j AS (
+            DELETE FROM jobs USING input i
+             WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token
+         RETURNING jobs.id AS job_id, jobs.command_id
+        ), c AS (
+            UPDATE commands SET status = i.status, result = i.result, updated_at = now()
+              FROM j JOIN input i ON i.job_id = j.job_id
+             WHERE commands.id = j.command_id
+         RETURNING j.job_id, commands.id AS command_id, commands.client_id, commands.callback_url,
+                   i.delivery_id, i.payload
+        ), d AS (
+            INSERT INTO deliveries (id, command_id, client_id, url, payload)
+            SELECT delivery_id, command_id, client_id, callback_url, payload FROM c
+         RETURNING id, command_id
+        ), n AS (
+            INSERT INTO jobs (kind, command_id, delivery_id)
+            SELECT 'deliver', command_id, id FROM d
+        )
+        SELECT job_id FROM c
+        "#,
+    )
+    .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lease_token).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| Json(&r.result)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| written.contains(&r.job_id)).collect())
+}
+
+/// [`finish_batch`] for one job. Returns `false` when the lease was lost.
 ///
 /// # Errors
 /// Database errors.
@@ -132,33 +194,19 @@ pub async fn finish_execute(
     delivery_id: Uuid,
     payload: &str,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        r#"
-        WITH j AS (
-            DELETE FROM jobs WHERE id = $1 AND lease_token = $2 RETURNING command_id
-        ), c AS (
-            UPDATE commands SET status = $3, result = $4, updated_at = now()
-             WHERE id IN (SELECT command_id FROM j)
-         RETURNING id, client_id, callback_url
-        ), d AS (
-            INSERT INTO deliveries (id, command_id, client_id, url, payload)
-            SELECT $5, id, client_id, callback_url, $6 FROM c
-         RETURNING id, command_id
-        )
-        INSERT INTO jobs (kind, command_id, delivery_id)
-        SELECT 'deliver', command_id, id FROM d
-        "#,
-    )
-    .bind(job.id)
-    .bind(job.lease_token)
-    .bind(status.as_str())
-    .bind(Json(result))
-    .bind(delivery_id)
-    .bind(payload)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(done == 1)
+    let row = Finish {
+        job_id: job.id,
+        lease_token: job.lease_token,
+        status,
+        result: result.clone(),
+        delivery_id,
+        payload: payload.to_owned(),
+    };
+    Ok(finish_batch(pool, vec![&row])
+        .await?
+        .first()
+        .copied()
+        .unwrap_or(false))
 }
 
 /// Puts an execute job back for another try after `delay`, recording the error
@@ -220,66 +268,179 @@ pub enum AfterAttempt {
     RetryIn(Duration),
 }
 
-/// Records one delivery attempt in the audit log and moves the delivery and its
-/// job on — one statement, only if this worker still holds the lease.
-/// Returns `false` when the lease was lost (nothing written).
+/// A delivery attempt, to be recorded by [`attempt_batch`].
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// The deliver job.
+    pub job_id: i64,
+    /// Its lease token at claim time.
+    pub lease_token: Uuid,
+    /// How the attempt went.
+    pub outcome: AttemptOutcome,
+    /// What follows.
+    pub next: AfterAttempt,
+    /// `scheduled` or `replay`.
+    pub trigger: &'static str,
+}
+
+/// Records delivery attempts in the audit log and moves each delivery and its
+/// job on (deleted when done, rescheduled for a retry) — one statement, only
+/// for jobs whose lease is still held. Returns, per input, whether it was
+/// written.
 ///
 /// # Errors
-/// Database errors.
-pub async fn record_attempt(
-    pool: &PgPool,
-    job: &ClaimedJob,
-    outcome: &AttemptOutcome,
-    next: AfterAttempt,
-    trigger: &str,
-) -> sqlx::Result<bool> {
-    let (status, reason, delay) = match next {
-        AfterAttempt::Delivered => (DeliveryStatus::Delivered, None, None),
-        AfterAttempt::DeadLettered(r) => (DeliveryStatus::DeadLettered, Some(r), None),
-        AfterAttempt::RetryIn(d) => (DeliveryStatus::Pending, None, Some(d.as_secs_f64())),
-    };
-    let done = sqlx::query(
+/// Database errors (nothing is written then).
+pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Result<Vec<bool>> {
+    let mut status = Vec::with_capacity(rows.len());
+    let mut reason = Vec::with_capacity(rows.len());
+    let mut delay = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (s, why, d) = match r.next {
+            AfterAttempt::Delivered => (DeliveryStatus::Delivered, None, None),
+            AfterAttempt::DeadLettered(why) => (DeliveryStatus::DeadLettered, Some(why), None),
+            AfterAttempt::RetryIn(d) => (DeliveryStatus::Pending, None, Some(d.as_secs_f64())),
+        };
+        status.push(s.as_str());
+        reason.push(why);
+        delay.push(d);
+    }
+    let written: Vec<i64> = sqlx::query_scalar(
         r#"
-        WITH finished AS (
-            DELETE FROM jobs WHERE id = $1 AND lease_token = $2 AND $5::float8 IS NULL
-         RETURNING delivery_id
+        WITH input AS (
+            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::float8[],
+                                 $6::text[], $7::timestamptz[], $8::int4[], $9::int4[], $10::text[],
+                                 $11::text[])
+                AS t(job_id, lease_token, status, reason, delay_s, trigger, started_at,
+                     duration_ms, response_status, response_body, error)
+        ), finished AS (
+            DELETE FROM jobs USING input i
+             WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token AND i.delay_s IS NULL
+         RETURNING jobs.id AS job_id, jobs.delivery_id
         ), retried AS (
-            UPDATE jobs SET run_at = now() + make_interval(secs => $5::float8),
-                            locked_until = NULL, lease_token = NULL, last_error = $11
-             WHERE id = $1 AND lease_token = $2 AND $5::float8 IS NOT NULL
-         RETURNING delivery_id
+            UPDATE jobs SET run_at = now() + make_interval(secs => i.delay_s),
+                            locked_until = NULL, lease_token = NULL, last_error = i.error
+              FROM input i
+             WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token AND i.delay_s IS NOT NULL
+         RETURNING jobs.id AS job_id, jobs.delivery_id
+        ), moved AS (
+            SELECT job_id, delivery_id FROM finished
+            UNION ALL
+            SELECT job_id, delivery_id FROM retried
         ), d AS (
             UPDATE deliveries
-               SET attempts = attempts + 1,
-                   status = $3,
-                   dead_letter_reason = $4,
-                   last_error = $11,
+               SET attempts = deliveries.attempts + 1,
+                   status = i.status,
+                   dead_letter_reason = i.reason,
+                   last_error = i.error,
                    updated_at = now(),
-                   delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END,
-                   dead_lettered_at = CASE WHEN $3 = 'dead_lettered' THEN now() ELSE NULL END
-             WHERE id IN (SELECT delivery_id FROM finished UNION ALL SELECT delivery_id FROM retried)
-         RETURNING id, attempts
+                   delivered_at = CASE WHEN i.status = 'delivered' THEN now() ELSE deliveries.delivered_at END,
+                   dead_lettered_at = CASE WHEN i.status = 'dead_lettered' THEN now() ELSE NULL END
+              FROM moved m JOIN input i ON i.job_id = m.job_id
+             WHERE deliveries.id = m.delivery_id
+         RETURNING m.job_id, deliveries.id AS delivery_id, deliveries.attempts, i.trigger,
+                   i.started_at, i.duration_ms, i.response_status, i.response_body, i.error
+        ), a AS (
+            INSERT INTO delivery_attempts
+                (delivery_id, attempt, trigger, started_at, duration_ms, response_status, response_body, error)
+            SELECT delivery_id, attempts, trigger, started_at, duration_ms, response_status, response_body, error
+              FROM d
         )
-        INSERT INTO delivery_attempts
-            (delivery_id, attempt, trigger, started_at, duration_ms, response_status, response_body, error)
-        SELECT id, attempts, $6, $7, $8, $9, $10, $11 FROM d
+        SELECT job_id FROM d
         "#,
     )
-    .bind(job.id)
-    .bind(job.lease_token)
-    .bind(status.as_str())
+    .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.lease_token).collect::<Vec<_>>())
+    .bind(status)
     .bind(reason)
     .bind(delay)
-    .bind(trigger)
-    .bind(outcome.started_at)
-    .bind(outcome.duration_ms)
-    .bind(outcome.response_status.map(i32::from))
-    .bind(outcome.response_body.as_deref())
-    .bind(outcome.error.as_deref())
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(done == 1)
+    .bind(rows.iter().map(|r| r.trigger).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.started_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.duration_ms).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.response_status.map(i32::from)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.response_body.as_deref()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.outcome.error.as_deref()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(|r| written.contains(&r.job_id)).collect())
+}
+
+/// A job outcome for the group writer ([`Outcomes`]).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// An upstream call ended.
+    Finish(Finish),
+    /// A delivery attempt ended.
+    Attempt(AttemptRecord),
+}
+
+/// Group writer for job outcomes: concurrent job tasks' outcomes share one
+/// statement (and commit) per kind and batch — see [`crate::batch`].
+#[derive(Clone)]
+pub struct Outcomes(Batcher<Outcome, sqlx::Result<bool>>);
+
+impl Outcomes {
+    /// Starts `writers` writer tasks writing up to `max` outcomes per statement.
+    pub fn start(pool: PgPool, writers: usize, max: usize) -> (Outcomes, Vec<JoinHandle<()>>) {
+        let (batcher, handles) =
+            Batcher::start(writers, max, Duration::ZERO, move |items: Vec<Outcome>| {
+                let pool = pool.clone();
+                async move { write_outcomes(&pool, items).await }
+            });
+        (Outcomes(batcher), handles)
+    }
+
+    /// Records `outcome` and returns once it is committed: `Ok(true)` written,
+    /// `Ok(false)` lease lost (nothing written).
+    ///
+    /// # Errors
+    /// Database errors, or `PoolClosed` when the writers are gone.
+    pub async fn record(&self, outcome: Outcome) -> sqlx::Result<bool> {
+        self.0
+            .submit(outcome)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolClosed))
+    }
+}
+
+async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<bool>> {
+    let mut finishes = Vec::new();
+    let mut attempts = Vec::new();
+    let mut kinds = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Outcome::Finish(f) => {
+                kinds.push(true);
+                finishes.push(f);
+            }
+            Outcome::Attempt(a) => {
+                kinds.push(false);
+                attempts.push(a);
+            }
+        }
+    }
+    let mut finished = if finishes.is_empty() {
+        Vec::new()
+    } else {
+        with_single_fallback(&finishes, |rows| finish_batch(pool, rows)).await
+    }
+    .into_iter();
+    let mut attempted = if attempts.is_empty() {
+        Vec::new()
+    } else {
+        with_single_fallback(&attempts, |rows| attempt_batch(pool, rows)).await
+    }
+    .into_iter();
+    kinds
+        .into_iter()
+        .map(|is_finish| {
+            let next = if is_finish {
+                finished.next()
+            } else {
+                attempted.next()
+            };
+            next.unwrap_or(Err(sqlx::Error::RowNotFound))
+        })
+        .collect()
 }
 
 /// Releases leases (graceful shutdown): the jobs are ready again at once.

@@ -20,6 +20,7 @@ use crate::delivery::Sender;
 use crate::dispatcher::{DispatchContext, Dispatcher};
 use crate::error::{not_found, path_error_handler, query_error_handler};
 use crate::integration::Integrations;
+use crate::outbox::Outcomes;
 use crate::telemetry::RootSpan;
 
 /// The primary (write) pool, as app data.
@@ -80,11 +81,15 @@ impl Application {
         let cancel = CancellationToken::new();
 
         let dispatcher = if role.worker() {
+            // Two writers: one statement in flight while the next batch gathers.
+            let (outcomes, _writers) =
+                Outcomes::start(primary.clone(), 2, settings.dispatcher.claim_batch);
             Some(Dispatcher::new(DispatchContext {
                 pool: primary.clone(),
                 settings: settings.clone(),
                 integrations: integrations.clone(),
                 sender: Sender::new(&settings.delivery)?,
+                outcomes,
                 wake: Arc::new(tokio::sync::Notify::new()),
             }))
         } else {

@@ -1,9 +1,9 @@
 //! Group intake: concurrent `POST /v1/commands` requests are written together.
 //!
 //! Handlers hand a validated [`NewCommand`] to the [`Intake`] and wait. Writer
-//! tasks (`commands.intake_writers`) each take whatever is queued (up to
-//! `commands.intake_batch_max`, optionally waiting `intake_batch_window_ms` for
-//! more) and insert the commands and their `execute` jobs with one `UNNEST`
+//! tasks (`commands.intake_writers`, see [`crate::batch`]) each take whatever is
+//! queued (up to `commands.intake_batch_max`, optionally waiting
+//! `intake_batch_window_ms` for more) and insert the commands and their `execute` jobs with one `UNNEST`
 //! statement in one transaction; only after the commit is every request in the
 //! batch answered. So a 202 always means the command is durable, and under load
 //! many commands share one commit (see `docs/performance.md`).
@@ -14,16 +14,15 @@
 //! rows' request hashes decide between "the same command" and 409.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::batch::{with_single_fallback, Batcher};
 use crate::error::ApiError;
 
 /// A validated command, ready to insert.
@@ -67,15 +66,10 @@ pub enum IntakeOutcome {
     Conflict,
 }
 
-struct Pending {
-    command: NewCommand,
-    reply: oneshot::Sender<Result<IntakeOutcome, ApiError>>,
-}
-
 /// Handle to the intake writers; cheap to clone into every HTTP worker.
 #[derive(Clone)]
 pub struct Intake {
-    tx: mpsc::Sender<Pending>,
+    batcher: Batcher<NewCommand, sqlx::Result<IntakeOutcome>>,
 }
 
 impl Intake {
@@ -87,102 +81,31 @@ impl Intake {
         batch_max: usize,
         window: Duration,
     ) -> (Intake, Vec<JoinHandle<()>>) {
-        let (tx, rx) = mpsc::channel::<Pending>(batch_max.saturating_mul(writers).max(1) * 4);
-        let rx = Arc::new(Mutex::new(rx));
-        let handles = (0..writers)
-            .map(|_| tokio::spawn(writer(rx.clone(), pool.clone(), batch_max, window)))
-            .collect();
-        (Intake { tx }, handles)
+        let (batcher, handles) = Batcher::start(
+            writers,
+            batch_max,
+            window,
+            move |commands: Vec<NewCommand>| {
+                let pool = pool.clone();
+                async move { with_single_fallback(&commands, |batch| insert(&pool, batch)).await }
+            },
+        );
+        (Intake { batcher }, handles)
     }
 
     /// Writes `command` durably (or finds its idempotent twin) and returns the
     /// outcome once the transaction has committed.
     ///
     /// # Errors
-    /// 503 if the database is unavailable, 500 on unexpected database errors.
+    /// 503 if the database is unavailable or the service is shutting down, 500
+    /// on unexpected database errors.
     pub async fn submit(&self, command: NewCommand) -> Result<IntakeOutcome, ApiError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { command, reply })
+        self.batcher
+            .submit(command)
             .await
-            .map_err(|_| ApiError::Unavailable("the service is shutting down".into()))?;
-        rx.await
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("intake writer dropped a request")))?
+            .ok_or_else(|| ApiError::Unavailable("the service is shutting down".into()))?
+            .map_err(ApiError::from)
     }
-}
-
-async fn writer(
-    rx: Arc<Mutex<mpsc::Receiver<Pending>>>,
-    pool: PgPool,
-    batch_max: usize,
-    window: Duration,
-) {
-    loop {
-        let batch = {
-            let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < batch_max {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
-                }
-            }
-            if !window.is_zero() {
-                let deadline = tokio::time::Instant::now() + window;
-                while batch.len() < batch_max {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(p)) => batch.push(p),
-                        _ => break,
-                    }
-                }
-            }
-            batch
-        };
-        write_batch(&pool, batch).await;
-    }
-}
-
-async fn write_batch(pool: &PgPool, batch: Vec<Pending>) {
-    let commands: Vec<&NewCommand> = batch.iter().map(|p| &p.command).collect();
-    match insert(pool, &commands).await {
-        Ok(outcomes) => {
-            for (p, o) in batch.into_iter().zip(outcomes) {
-                let _ = p.reply.send(Ok(o));
-            }
-        }
-        Err(e) if batch.len() > 1 && !is_transient(&e) => {
-            // One bad row must not fail its neighbours: retry one by one.
-            tracing::warn!(error = %e, size = batch.len(), "intake batch failed; retrying rows singly");
-            for p in batch {
-                let result = insert(pool, &[&p.command]).await;
-                let _ =
-                    p.reply
-                        .send(result.map_err(ApiError::from).and_then(|mut v| {
-                            v.pop().ok_or_else(|| anyhow::anyhow!("no outcome").into())
-                        }));
-            }
-        }
-        Err(e) => {
-            let transient = is_transient(&e);
-            tracing::error!(error = %e, size = batch.len(), "intake batch failed");
-            for p in batch {
-                let err = if transient {
-                    ApiError::Unavailable("the database is busy or unavailable; retry later".into())
-                } else {
-                    ApiError::Internal(anyhow::anyhow!("intake insert failed"))
-                };
-                let _ = p.reply.send(Err(err));
-            }
-        }
-    }
-}
-
-fn is_transient(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
 }
 
 #[derive(sqlx::FromRow)]
@@ -201,7 +124,7 @@ struct Existing {
 
 /// Inserts the commands and their execute jobs in one transaction; returns one
 /// outcome per input, in order.
-async fn insert(pool: &PgPool, commands: &[&NewCommand]) -> sqlx::Result<Vec<IntakeOutcome>> {
+async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<IntakeOutcome>> {
     let mut tx = pool.begin().await?;
     let inserted: Vec<Inserted> = sqlx::query_as(
         r#"
