@@ -369,7 +369,7 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
             lease_token: job.lease_token,
             outcome,
             next,
-            trigger: "scheduled",
+            trigger: job.trigger.clone(),
         }))
         .await?;
     if matches!(next, AfterAttempt::RetryIn(_)) {

@@ -14,6 +14,9 @@ use utoipa::{Modify, OpenApi};
         crate::query::get_command,
         crate::query::list_commands,
         crate::query::list_attempts,
+        crate::query::list_dead_letters,
+        crate::command::replay::replay_one,
+        crate::command::replay::replay_bulk,
         crate::health::healthz,
         crate::health::readyz,
         openapi_json,
@@ -22,6 +25,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "commands", description = "Send commands and read their status"),
         (name = "signing", description = "Webhook signing secrets"),
+        (name = "dead-letters", description = "Inspect and replay dead-lettered deliveries (admin)"),
         (name = "operations", description = "Probes and API description"),
     )
 )]

@@ -46,6 +46,8 @@ pub struct ClaimedJob {
     pub attempts: i32,
     /// This claim's lease token.
     pub lease_token: Uuid,
+    /// Why a deliver job runs: `scheduled` or `replay`.
+    pub trigger: String,
     /// Command owner.
     pub client_id: String,
     /// Integration name.
@@ -92,13 +94,13 @@ pub async fn claim(pool: &PgPool, limit: usize, lease: Duration) -> sqlx::Result
                            ORDER BY run_at
                            LIMIT $1
                            FOR UPDATE SKIP LOCKED)
-         RETURNING id, kind, command_id, delivery_id, attempts, lease_token
+         RETURNING id, kind, command_id, delivery_id, attempts, lease_token, trigger
         ), started AS (
             UPDATE commands SET status = 'in_progress', updated_at = now()
              WHERE id IN (SELECT command_id FROM claimed WHERE kind = 'execute')
                AND status = 'accepted'
         )
-        SELECT cl.id, cl.kind, cl.command_id, cl.delivery_id, cl.attempts, cl.lease_token,
+        SELECT cl.id, cl.kind, cl.command_id, cl.delivery_id, cl.attempts, cl.lease_token, cl.trigger,
                c.client_id, c.integration, c.operation, c.method, c.path, c.body,
                c.idempotency_key, c.status AS command_status,
                d.url, d.payload, d.status AS delivery_status,
@@ -279,8 +281,8 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     /// What follows.
     pub next: AfterAttempt,
-    /// `scheduled` or `replay`.
-    pub trigger: &'static str,
+    /// `scheduled` or `replay` (from the job).
+    pub trigger: String,
 }
 
 /// Records delivery attempts in the audit log and moves each delivery and its
@@ -353,7 +355,7 @@ pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Re
     .bind(status)
     .bind(reason)
     .bind(delay)
-    .bind(rows.iter().map(|r| r.trigger).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.trigger.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.outcome.started_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.outcome.duration_ms).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.outcome.response_status.map(i32::from)).collect::<Vec<_>>())
@@ -441,6 +443,64 @@ async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<
             next.unwrap_or(Err(sqlx::Error::RowNotFound))
         })
         .collect()
+}
+
+/// Filter of a bulk replay; `None` fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// Only commands of this integration.
+    pub integration: Option<String>,
+    /// Only this client's deliveries.
+    pub client_id: Option<String>,
+    /// Dead-lettered at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Dead-lettered before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Re-enqueues dead-lettered deliveries matching `filter` (or exactly
+/// `delivery_id`): each goes back to `pending` with a new `deliver` job whose
+/// trigger is `replay` — one statement, so the whole replay is durable (or
+/// not done) at once, and a restart afterwards loses nothing. A delivery that
+/// is not dead-lettered is untouched (so concurrent replays enqueue it once).
+/// Returns the replayed delivery ids.
+///
+/// # Errors
+/// Database errors (nothing is replayed then).
+pub async fn replay_dead_letters(
+    pool: &PgPool,
+    delivery_id: Option<Uuid>,
+    filter: &ReplayFilter,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        r#"
+        WITH d AS (
+            UPDATE deliveries
+               SET status = 'pending', dead_letter_reason = NULL, dead_lettered_at = NULL,
+                   updated_at = now()
+              FROM commands c
+             WHERE c.id = deliveries.command_id
+               AND deliveries.status = 'dead_lettered'
+               AND ($1::uuid IS NULL OR deliveries.id = $1)
+               AND ($2::text IS NULL OR c.integration = $2)
+               AND ($3::text IS NULL OR deliveries.client_id = $3)
+               AND ($4::timestamptz IS NULL OR deliveries.dead_lettered_at >= $4)
+               AND ($5::timestamptz IS NULL OR deliveries.dead_lettered_at < $5)
+         RETURNING deliveries.id, deliveries.command_id
+        ), j AS (
+            INSERT INTO jobs (kind, command_id, delivery_id, trigger)
+            SELECT 'deliver', command_id, id, 'replay' FROM d
+        )
+        SELECT id FROM d
+        "#,
+    )
+    .bind(delivery_id)
+    .bind(filter.integration.as_deref())
+    .bind(filter.client_id.as_deref())
+    .bind(filter.since)
+    .bind(filter.until)
+    .fetch_all(pool)
+    .await
 }
 
 /// Releases leases (graceful shutdown): the jobs are ready again at once.

@@ -8,6 +8,7 @@
 //! only through the outbox. Logs use the target `hookrelay::command`.
 
 pub mod intake;
+pub mod replay;
 
 use std::sync::Arc;
 
@@ -61,7 +62,15 @@ pub struct SigningSecret {
 /// Routes of the write side.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/commands", web::post().to(post_command))
-        .route("/v1/signing-secret", web::get().to(get_signing_secret));
+        .route("/v1/signing-secret", web::get().to(get_signing_secret))
+        .route(
+            "/v1/dead-letters/replay",
+            web::post().to(replay::replay_bulk),
+        )
+        .route(
+            "/v1/dead-letters/{id}/replay",
+            web::post().to(replay::replay_one),
+        );
 }
 
 /// Accept a command.
@@ -203,7 +212,7 @@ async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<web::By
 }
 
 /// Parses JSON, naming the field at fault on error (serde_path_to_error).
-fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::BadRequest {
             field: None,

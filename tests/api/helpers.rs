@@ -39,6 +39,7 @@ struct ReceiverState {
     secrets: Vec<String>,
     script: VecDeque<u16>,
     default_status: u16,
+    delay: Duration,
     received: Vec<Received>,
 }
 
@@ -74,7 +75,9 @@ impl Respond for Verifier {
             at: Instant::now(),
         });
         let status = st.script.pop_front().unwrap_or(st.default_status);
-        ResponseTemplate::new(status).set_body_string(format!("receiver says {status}"))
+        ResponseTemplate::new(status)
+            .set_body_string(format!("receiver says {status}"))
+            .set_delay(st.delay)
     }
 }
 
@@ -111,6 +114,11 @@ impl TestReceiver {
     /// Answer these statuses first, in order.
     pub fn script(&self, statuses: &[u16]) {
         self.state.lock().expect("lock").script.extend(statuses);
+    }
+
+    /// Wait this long before answering.
+    pub fn delay(&self, delay: Duration) {
+        self.state.lock().expect("lock").delay = delay;
     }
 
     /// Answer this status once the script is used up.

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod crash;
+mod dead_letters;
 mod failures;
 mod helpers;
 mod operations;

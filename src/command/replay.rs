@@ -1,0 +1,133 @@
+//! Admin replay of dead letters (write side).
+//!
+//! A replay re-enqueues a dead-lettered delivery as a fresh run: a new
+//! `deliver` job (trigger `replay`) whose retry schedule starts again, with the
+//! same `webhook-id`, so receivers de-duplicate as usual. Bulk replay selects by
+//! filter and re-enqueues every match in one statement: when `202` is answered
+//! the whole replay is durable, and a restart midway through the deliveries
+//! loses nothing (they are ordinary outbox jobs).
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::error::{ApiError, Problem};
+use crate::outbox::{replay_dead_letters, ReplayFilter};
+use crate::startup::WritePool;
+
+/// Answer of `POST /v1/dead-letters/{id}/replay`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Replayed {
+    /// The delivery id (the `webhook-id`, unchanged by the replay).
+    pub id: Uuid,
+    /// `pending`: a new delivery run is queued.
+    pub status: String,
+}
+
+/// Body of `POST /v1/dead-letters/replay`; every field optional (an empty body
+/// replays every dead letter).
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplayRequest {
+    /// Only commands of this integration.
+    pub integration: Option<String>,
+    /// Only this client's deliveries.
+    pub client_id: Option<String>,
+    /// Dead-lettered at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Dead-lettered before this time (RFC 3339).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Answer of `POST /v1/dead-letters/replay`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkReplayed {
+    /// How many dead letters were re-enqueued.
+    pub replayed: usize,
+}
+
+/// Re-enqueue one dead-lettered delivery.
+#[utoipa::path(
+    post, path = "/v1/dead-letters/{id}/replay", tag = "dead-letters",
+    params(("id" = Uuid, Path, description = "Delivery id (the webhook-id)")),
+    responses(
+        (status = 202, description = "Re-enqueued", body = Replayed),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The delivery is not dead-lettered", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(name = "replay_dead_letter", target = "hookrelay::command", skip_all, fields(delivery_id = %path))]
+pub async fn replay_one(
+    principal: Principal,
+    path: web::Path<String>,
+    pool: web::Data<WritePool>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Admin])?;
+    let id = Uuid::parse_str(&path).map_err(|_| ApiError::NotFound("no such delivery".into()))?;
+    let replayed = replay_dead_letters(&pool.0, Some(id), &ReplayFilter::default()).await?;
+    if replayed.is_empty() {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&pool.0)
+                .await?;
+        return Err(match status {
+            None => ApiError::NotFound("no such delivery".into()),
+            Some(s) => ApiError::Conflict(format!(
+                "delivery {id} is {s}, not dead_lettered; only dead letters can be replayed"
+            )),
+        });
+    }
+    tracing::info!(target: "hookrelay::command", admin = %principal.client_id, "dead letter replayed");
+    Ok(HttpResponse::Accepted().json(Replayed {
+        id,
+        status: "pending".into(),
+    }))
+}
+
+/// Re-enqueue every dead letter matching the filter.
+#[utoipa::path(
+    post, path = "/v1/dead-letters/replay", tag = "dead-letters",
+    request_body(content = BulkReplayRequest, description = "Optional filter; empty replays all"),
+    responses(
+        (status = 202, description = "Re-enqueued; how many", body = BulkReplayed),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid filter (named in `field`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(name = "replay_dead_letters", target = "hookrelay::command", skip_all)]
+pub async fn replay_bulk(
+    principal: Principal,
+    body: web::Bytes,
+    pool: web::Data<WritePool>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Admin])?;
+    let request: BulkReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        BulkReplayRequest::default()
+    } else {
+        super::parse_json(&body)?
+    };
+    if let (Some(since), Some(until)) = (request.since, request.until) {
+        if since >= until {
+            return Err(ApiError::validation("until", "must be after `since`"));
+        }
+    }
+    let filter = ReplayFilter {
+        integration: request.integration,
+        client_id: request.client_id,
+        since: request.since,
+        until: request.until,
+    };
+    let replayed = replay_dead_letters(&pool.0, None, &filter).await?;
+    tracing::info!(target: "hookrelay::command", admin = %principal.client_id, count = replayed.len(), "dead letters replayed");
+    Ok(HttpResponse::Accepted().json(BulkReplayed {
+        replayed: replayed.len(),
+    }))
+}
