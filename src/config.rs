@@ -175,6 +175,8 @@ pub struct DeliverySettings {
     pub response_body_limit_bytes: usize,
     /// `User-Agent` header on callbacks.
     pub user_agent: String,
+    /// Concurrent callback attempts per receiver `host:port`.
+    pub max_in_flight_per_host: usize,
 }
 
 /// `[telemetry]`
@@ -420,11 +422,16 @@ impl Settings {
         if self.delivery.timeout_ms == 0 {
             return Err(invalid("delivery.timeout_ms", "must be at least 1"));
         }
-        let lease_ms = self.dispatcher.lease_s.saturating_mul(1000);
-        if lease_ms <= self.delivery.timeout_ms {
+        if self.dispatcher.lease_s < 3 {
             return Err(invalid(
                 "dispatcher.lease_s",
-                "must be longer than delivery.timeout_ms",
+                "must be at least 3 seconds (leases are renewed every third)",
+            ));
+        }
+        if self.delivery.max_in_flight_per_host == 0 {
+            return Err(invalid(
+                "delivery.max_in_flight_per_host",
+                "must be at least 1",
             ));
         }
         for (name, integration) in &mut self.integrations {
@@ -435,7 +442,7 @@ impl Settings {
                     "integration names use lowercase letters, digits, '_' and '-'",
                 ));
             }
-            integration.validate(&key, lease_ms)?;
+            integration.validate(&key)?;
         }
         Ok(self)
     }
@@ -447,18 +454,15 @@ impl Settings {
 }
 
 impl IntegrationSettings {
-    fn validate(&mut self, key: &str, lease_ms: u64) -> Result<(), ConfigError> {
+    fn validate(&mut self, key: &str) -> Result<(), ConfigError> {
         if !matches!(self.base_url.scheme(), "http" | "https") || !self.base_url.has_host() {
             return Err(invalid(
                 format!("{key}.base_url"),
                 "must be an absolute http or https URL",
             ));
         }
-        if self.timeout_ms == 0 || self.timeout_ms >= lease_ms {
-            return Err(invalid(
-                format!("{key}.timeout_ms"),
-                "must be at least 1 and shorter than dispatcher.lease_s",
-            ));
+        if self.timeout_ms == 0 {
+            return Err(invalid(format!("{key}.timeout_ms"), "must be at least 1"));
         }
         if self.max_attempts == 0 {
             return Err(invalid(format!("{key}.max_attempts"), "must be at least 1"));

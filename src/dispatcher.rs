@@ -38,6 +38,8 @@ pub struct DispatchContext {
     pub integrations: Arc<Integrations>,
     /// Webhook sender.
     pub sender: Sender,
+    /// Per-callback-host concurrency limits.
+    pub hosts: HostLimits,
     /// Group writer for job outcomes.
     pub outcomes: outbox::Outcomes,
     /// Wakes the dispatcher loop: NOTIFY arrivals, and job tasks that
@@ -160,13 +162,85 @@ impl Dispatcher {
         let ctx = self.ctx.clone();
         let in_flight = self.in_flight.clone();
         tasks.spawn(async move {
-            let id = job.id;
-            run_job(&ctx, job).await;
+            let (id, token) = (job.id, job.lease_token);
+            let lease = Duration::from_secs(ctx.settings.dispatcher.lease_s);
+            tokio::select! {
+                () = run_job(&ctx, job) => {}
+                () = keep_lease(&ctx.pool, id, token, lease) => {
+                    tracing::warn!(job_id = id, "lease taken over while running; abandoning the job to its new owner");
+                }
+            }
             if let Ok(mut m) = in_flight.lock() {
                 m.remove(&id);
             }
             drop(permit);
         });
+    }
+}
+
+/// Renews a running job's lease every third of its length; returns only when
+/// the lease turned out to be someone else's (a database error is retried at
+/// the next beat: the remaining two thirds of the lease are the margin).
+async fn keep_lease(pool: &PgPool, job_id: i64, token: Uuid, lease: Duration) {
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        match outbox::renew_lease(pool, job_id, token, lease).await {
+            Ok(true) => tracing::debug!(job_id, "lease renewed"),
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "renewing a lease failed; retrying at the next beat")
+            }
+        }
+    }
+}
+
+/// Per-callback-host concurrency limit (`delivery.max_in_flight_per_host`), so
+/// one slow partner cannot occupy every dispatcher slot.
+pub struct HostLimits {
+    limit: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl HostLimits {
+    /// How long a delivery waits for a slot of its host before it is deferred.
+    const WAIT: Duration = Duration::from_millis(250);
+
+    /// Limits of `limit` concurrent attempts per `host:port`.
+    pub fn new(limit: usize) -> Self {
+        HostLimits {
+            limit,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for `url`'s host, waiting up to [`Self::WAIT`]; `None` when the
+    /// host stays at its limit.
+    async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
+        let key = url::Url::parse(url)
+            .ok()
+            .map(|u| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or(""),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            })
+            .unwrap_or_default();
+        let semaphore = {
+            let mut hosts = self.hosts.lock().ok()?;
+            if hosts.len() > 10_000 {
+                // Forget idle hosts so the map cannot grow without bound.
+                hosts.retain(|_, s| s.available_permits() < self.limit);
+            }
+            hosts
+                .entry(key)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
+                .clone()
+        };
+        tokio::time::timeout(Self::WAIT, semaphore.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -335,11 +409,23 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         Some(s) if !s.is_empty() => s.clone(),
         _ => ensure_signing_secrets(&ctx.pool, &job.client_id).await?,
     };
+    let Some(host_slot) = ctx.hosts.acquire(url).await else {
+        // The host is at its limit: try again shortly, without spending an attempt.
+        let delay = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500));
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "callback host at its limit; deferring"
+        );
+        let done = outbox::defer(&ctx.pool, job, delay).await?;
+        ctx.wake.notify_one();
+        return Ok(done);
+    };
     let webhook_id = delivery_id.to_string();
     let outcome = ctx
         .sender
         .attempt(url, &webhook_id, &secrets, payload)
         .await;
+    drop(host_slot);
     let settings = &ctx.settings.delivery;
     let next = if outcome.delivered() {
         AfterAttempt::Delivered

@@ -445,6 +445,52 @@ async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<
         .collect()
 }
 
+/// Extends a running job's lease (heartbeat for long calls). Returns `false`
+/// when the lease is no longer this worker's.
+///
+/// # Errors
+/// Database errors.
+pub async fn renew_lease(
+    pool: &PgPool,
+    job_id: i64,
+    lease_token: Uuid,
+    lease: Duration,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET run_at = now() + make_interval(secs => $3),
+                         locked_until = now() + make_interval(secs => $3)
+          WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(job_id)
+    .bind(lease_token)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+/// Puts a job back for `delay` without counting this claim as an attempt
+/// (used when a callback host is at its concurrency limit). Returns `false`
+/// when the lease was lost.
+///
+/// # Errors
+/// Database errors.
+pub async fn defer(pool: &PgPool, job: &ClaimedJob, delay: Duration) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE jobs SET run_at = now() + make_interval(secs => $3), attempts = attempts - 1,
+                         locked_until = NULL, lease_token = NULL
+          WHERE id = $1 AND lease_token = $2",
+    )
+    .bind(job.id)
+    .bind(job.lease_token)
+    .bind(delay.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
 /// Filter of a bulk replay; `None` fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {

@@ -17,7 +17,7 @@ use crate::auth::JwtKeys;
 use crate::command::Intake;
 use crate::config::{Settings, DEV_JWT_SECRET};
 use crate::delivery::Sender;
-use crate::dispatcher::{DispatchContext, Dispatcher};
+use crate::dispatcher::{DispatchContext, Dispatcher, HostLimits};
 use crate::error::{not_found, path_error_handler, query_error_handler};
 use crate::integration::Integrations;
 use crate::outbox::Outcomes;
@@ -90,6 +90,7 @@ impl Application {
                 integrations: integrations.clone(),
                 sender: Sender::new(&settings.delivery)?,
                 outcomes,
+                hosts: HostLimits::new(settings.delivery.max_in_flight_per_host),
                 wake: Arc::new(tokio::sync::Notify::new()),
             }))
         } else {

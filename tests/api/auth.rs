@@ -67,7 +67,7 @@ async fn reader_cannot_send_commands() {
 async fn commands_are_visible_to_owner_readers_and_admins_only() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     let a = app.token("client-a", &["client"]);

@@ -20,7 +20,7 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
     let settings = test_settings(&upstream.uri());
     let app = spawn_with_settings(settings.clone(), upstream, ServeRole::Api).await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .expect(1)
         .mount(&app.upstream)
         .await;
@@ -96,5 +96,48 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
         .await
         .expect("join")
         .expect("worker stops cleanly");
+    app.upstream.verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_the_lease_keeps_its_lease_and_runs_once() {
+    // Lease 3 s, upstream answers after 4.5 s; a second worker is waiting to
+    // claim anything whose lease expires. Renewal must keep the job ours.
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    settings.dispatcher.lease_s = 3;
+    settings
+        .integrations
+        .get_mut("httpbin")
+        .expect("httpbin")
+        .timeout_ms = 8_000;
+    let app = spawn_with_settings(settings.clone(), upstream, ServeRole::All).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200).delayed(Duration::from_millis(4_500)))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let other = Application::build(settings, ServeRole::Worker)
+        .await
+        .expect("worker");
+    let other_stop = other.shutdown_token();
+    let other_task = tokio::spawn(other.run_until_stopped());
+
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let resp = app
+        .post_command(&token, &app.command("slow", json!({})), None)
+        .await;
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(20), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["callback"]["status"], "delivered");
+    other_stop.cancel();
+    other_task.await.expect("join").expect("clean stop");
     app.upstream.verify().await;
 }

@@ -47,7 +47,7 @@ async fn dead_letters(app: &TestApp, client: &str, thing: &str, n: usize) -> Vec
 async fn dead_letters_are_listed_filtered_and_paginated_for_admins_only() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     app.receiver.always(500);
@@ -165,7 +165,7 @@ fn urlencode(s: &str) -> String {
 async fn replay_one_is_a_fresh_run_with_the_same_webhook_id() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     app.receiver.always(410);
@@ -258,7 +258,7 @@ async fn replay_one_is_a_fresh_run_with_the_same_webhook_id() {
 async fn bulk_replay_by_filter_answers_the_count() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     app.receiver.always(410);
@@ -343,7 +343,7 @@ async fn bulk_replay_of_1000_dead_letters_survives_a_restart_midway() {
     let settings = test_settings(&upstream.uri());
     let app = spawn_with_settings(settings.clone(), upstream, ServeRole::All).await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     let token = app.token("acme", &["client"]);

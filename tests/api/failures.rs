@@ -54,7 +54,7 @@ async fn upstream_5xx_is_retried_then_recovers() {
         .mount(&app.upstream)
         .await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .expect(1)
         .mount(&app.upstream)
         .await;
@@ -110,7 +110,7 @@ async fn upstream_down_exhausts_attempts_then_fails() {
 async fn receiver_always_500_is_dead_lettered_after_the_schedule() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     app.receiver.always(500);
@@ -178,7 +178,7 @@ async fn receiver_always_500_is_dead_lettered_after_the_schedule() {
 async fn receiver_410_stops_after_one_attempt() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     app.receiver.always(410);
@@ -210,7 +210,7 @@ async fn receiver_410_stops_after_one_attempt() {
 async fn receiver_that_recovers_gets_the_same_webhook_id() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     app.receiver.script(&[503, 302]);
@@ -236,4 +236,49 @@ async fn receiver_that_recovers_gets_the_same_webhook_id() {
     assert!(received
         .iter()
         .all(|r| r.verified && r.webhook_id == received[0].webhook_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_receiver_gets_at_most_its_host_limit_in_flight() {
+    let app = crate::helpers::spawn_app_with(|s| s.delivery.max_in_flight_per_host = 2).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    app.receiver.delay(Duration::from_millis(300));
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let resp = app
+            .post_command(&token, &app.command(&i.to_string(), json!({})), None)
+            .await;
+        ids.push(
+            resp.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        let doc = app
+            .wait_status(&token, id, Duration::from_secs(20), settled)
+            .await;
+        assert_eq!(doc["callback"]["status"], "delivered");
+        assert_eq!(
+            doc["callback"]["attempts"], 1,
+            "waiting for the host spends no attempt"
+        );
+    }
+    let mut arrivals: Vec<_> = app.receiver.received().iter().map(|r| r.at).collect();
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 6);
+    for w in arrivals.windows(3) {
+        // With 2 in flight and 300 ms each, a third request cannot start
+        // before one of the first two has been answered.
+        assert!(
+            w[2] - w[0] >= Duration::from_millis(250),
+            "more than 2 in flight: {arrivals:?}"
+        );
+    }
 }

@@ -145,16 +145,30 @@ impl TestReceiver {
 
 /// Echoes the upstream request back as JSON, so each command's result is
 /// distinguishable: `{"path": ..., "method": ..., "received": <body>, "idempotency_key": ...}`.
-pub struct Echo(pub u16);
+pub struct Echo(pub u16, pub Duration);
+
+impl Echo {
+    /// Echo with status `status` and no delay.
+    pub fn new(status: u16) -> Self {
+        Echo(status, Duration::ZERO)
+    }
+
+    /// The same answer after `delay`.
+    pub fn delayed(self, delay: Duration) -> Self {
+        Echo(self.0, delay)
+    }
+}
 
 impl Respond for Echo {
     fn respond(&self, req: &Request) -> ResponseTemplate {
-        ResponseTemplate::new(self.0).set_body_json(json!({
-            "path": req.url.path(),
-            "method": req.method.as_str(),
-            "received": serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null),
-            "idempotency_key": req.headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
-        }))
+        ResponseTemplate::new(self.0)
+            .set_delay(self.1)
+            .set_body_json(json!({
+                "path": req.url.path(),
+                "method": req.method.as_str(),
+                "received": serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null),
+                "idempotency_key": req.headers.get("idempotency-key").and_then(|v| v.to_str().ok()),
+            }))
     }
 }
 

@@ -62,7 +62,7 @@ async fn probes_openapi_and_unknown_routes() {
 async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     let token = app.token("acme", &["client"]);

@@ -14,7 +14,7 @@ async fn fifty_commands_succeed_and_deliver_verified_callbacks() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
         .and(path_regex(r"^/anything/things/[0-9]+$"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .expect(50)
         .mount(&app.upstream)
         .await;
@@ -99,7 +99,7 @@ async fn fifty_commands_succeed_and_deliver_verified_callbacks() {
 async fn same_idempotency_key_same_body_is_one_command() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(201))
+        .respond_with(Echo::new(201))
         .expect(1)
         .mount(&app.upstream)
         .await;
@@ -152,7 +152,7 @@ async fn same_idempotency_key_same_body_is_one_command() {
 async fn same_idempotency_key_other_body_is_409_and_keys_are_per_client() {
     let app = spawn_app().await;
     Mock::given(method("POST"))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
     let a = app.token("client-a", &["client"]);
@@ -197,7 +197,7 @@ async fn upstream_request_is_built_from_the_declared_operation_with_credentials(
         .and(header("authorization", "Bearer vendor-secret-42"))
         .and(header("content-type", "application/json"))
         .and(body_json(json!({"reason": "cleanup"})))
-        .respond_with(Echo(200))
+        .respond_with(Echo::new(200))
         .expect(1)
         .mount(&app.upstream)
         .await;
