@@ -9,4 +9,5 @@ mod failures;
 mod helpers;
 mod operations;
 mod pipeline;
+mod processes;
 mod validation;
