@@ -70,6 +70,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
+    /// Scheduled housekeeping.
+    pub maintenance: MaintenanceSettings,
     /// Third-party APIs by name (`[integrations.NAME]`).
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationSettings>,
@@ -177,6 +179,24 @@ pub struct DeliverySettings {
     pub user_agent: String,
     /// Concurrent callback attempts per receiver `host:port`.
     pub max_in_flight_per_host: usize,
+}
+
+/// `[maintenance]`: cron schedules (UTC, with a seconds field) and retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSettings {
+    /// When to drop old attempt response bodies.
+    pub purge_attempt_bodies_cron: String,
+    /// When to forget old idempotency keys.
+    pub expire_idempotency_keys_cron: String,
+    /// When to delete signing secrets past their rotation grace.
+    pub retire_signing_secrets_cron: String,
+    /// Attempt response bodies are kept this long, seconds.
+    pub attempt_body_retention_s: u64,
+    /// Idempotency keys are honoured this long after the command, seconds.
+    pub idempotency_key_ttl_s: u64,
+    /// Lease of a running maintenance run, seconds.
+    pub run_lease_s: u64,
 }
 
 /// `[telemetry]`
@@ -433,6 +453,26 @@ impl Settings {
                 "delivery.max_in_flight_per_host",
                 "must be at least 1",
             ));
+        }
+        for (key, expr) in [
+            (
+                "maintenance.purge_attempt_bodies_cron",
+                &self.maintenance.purge_attempt_bodies_cron,
+            ),
+            (
+                "maintenance.expire_idempotency_keys_cron",
+                &self.maintenance.expire_idempotency_keys_cron,
+            ),
+            (
+                "maintenance.retire_signing_secrets_cron",
+                &self.maintenance.retire_signing_secrets_cron,
+            ),
+        ] {
+            crate::maintenance::parse_cron(expr)
+                .map_err(|e| invalid(key, format!("is not a cron expression ({e})")))?;
+        }
+        if self.maintenance.run_lease_s == 0 {
+            return Err(invalid("maintenance.run_lease_s", "must be at least 1"));
         }
         for (name, integration) in &mut self.integrations {
             let key = format!("integrations.{name}");

@@ -19,6 +19,7 @@
 //! | [`outbox`] | the `jobs` table: claim with leases, conditional outcome writes |
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
+//! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
 //! | [`security`] | callback host check, signing secret generation and storage |
 //! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses) |
@@ -38,6 +39,7 @@ pub mod error;
 pub mod health;
 pub mod http_util;
 pub mod integration;
+pub mod maintenance;
 pub mod openapi;
 pub mod outbox;
 pub mod query;

@@ -20,6 +20,7 @@ use crate::delivery::Sender;
 use crate::dispatcher::{DispatchContext, Dispatcher, HostLimits};
 use crate::error::{not_found, path_error_handler, query_error_handler};
 use crate::integration::Integrations;
+use crate::maintenance::Scheduler;
 use crate::outbox::Outcomes;
 use crate::telemetry::RootSpan;
 
@@ -56,6 +57,7 @@ pub struct Application {
     port: Option<u16>,
     server: Option<Server>,
     dispatcher: Option<Dispatcher>,
+    scheduler: Option<Scheduler>,
     intake_writers: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
     pool: PgPool,
@@ -97,6 +99,15 @@ impl Application {
             None
         };
 
+        let scheduler = if role.worker() {
+            Some(Scheduler::new(
+                primary.clone(),
+                settings.maintenance.clone(),
+            )?)
+        } else {
+            None
+        };
+
         let (port, server, intake_writers) = if role.api() {
             let listener = TcpListener::bind(&settings.server.bind).map_err(|e| {
                 anyhow::anyhow!("cannot bind server.bind = {}: {e}", settings.server.bind)
@@ -118,6 +129,7 @@ impl Application {
             port,
             server,
             dispatcher,
+            scheduler,
             intake_writers,
             cancel,
             pool: primary,
@@ -163,6 +175,8 @@ impl Application {
             })
         });
 
+        let scheduler = self.scheduler.map(|s| tokio::spawn(s.run(cancel.clone())));
+
         if let Some(server) = self.server {
             let handle = server.handle();
             let stopper = cancel.clone();
@@ -178,6 +192,9 @@ impl Application {
         }
         for writer in self.intake_writers {
             let _ = writer.await;
+        }
+        if let Some(s) = scheduler {
+            s.await?;
         }
         if let Some(d) = dispatcher {
             d.await??;

@@ -7,6 +7,7 @@ mod crash;
 mod dead_letters;
 mod failures;
 mod helpers;
+mod maintenance;
 mod operations;
 mod pipeline;
 mod processes;
