@@ -282,3 +282,60 @@ async fn one_slow_receiver_gets_at_most_its_host_limit_in_flight() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_retry_after_is_honoured_and_capped() {
+    // Schedule delays are 50 and 100 ms; the receiver asks for more.
+    let app = crate::helpers::spawn_app_with(|s| s.delivery.max_retry_after_s = 2).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    app.receiver.script(&[429, 503]);
+    app.receiver.retry_after("1");
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let resp = app
+        .post_command(&token, &app.command("1", json!({})), None)
+        .await;
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    assert_eq!(doc["callback"]["status"], "delivered");
+    let first: Vec<_> = app.receiver.received().iter().map(|r| r.at).collect();
+    assert_eq!(first.len(), 3);
+    assert!(
+        first[1] - first[0] >= Duration::from_millis(950),
+        "429 Retry-After: 1 waited: {:?}",
+        first[1] - first[0]
+    );
+    assert!(
+        first[2] - first[1] >= Duration::from_millis(950),
+        "503 Retry-After: 1 waited"
+    );
+
+    // A huge Retry-After is capped at delivery.max_retry_after_s (2 s).
+    app.receiver.script(&[503]);
+    app.receiver.retry_after("86400");
+    let resp = app
+        .post_command(&token, &app.command("2", json!({})), None)
+        .await;
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    assert_eq!(doc["callback"]["status"], "delivered");
+    let all = app.receiver.received();
+    let gap = all[4].at - all[3].at;
+    assert!(
+        gap >= Duration::from_millis(1_900) && gap < Duration::from_secs(6),
+        "capped wait: {gap:?}"
+    );
+}

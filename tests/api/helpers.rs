@@ -40,6 +40,7 @@ struct ReceiverState {
     script: VecDeque<u16>,
     default_status: u16,
     delay: Duration,
+    retry_after: Option<String>,
     received: Vec<Received>,
 }
 
@@ -75,9 +76,13 @@ impl Respond for Verifier {
             at: Instant::now(),
         });
         let status = st.script.pop_front().unwrap_or(st.default_status);
-        ResponseTemplate::new(status)
+        let mut resp = ResponseTemplate::new(status)
             .set_body_string(format!("receiver says {status}"))
-            .set_delay(st.delay)
+            .set_delay(st.delay);
+        if let (Some(ra), false) = (&st.retry_after, (200..300).contains(&status)) {
+            resp = resp.insert_header("retry-after", ra.as_str());
+        }
+        resp
     }
 }
 
@@ -114,6 +119,11 @@ impl TestReceiver {
     /// Answer these statuses first, in order.
     pub fn script(&self, statuses: &[u16]) {
         self.state.lock().expect("lock").script.extend(statuses);
+    }
+
+    /// Send this `Retry-After` with every non-2xx answer.
+    pub fn retry_after(&self, value: &str) {
+        self.state.lock().expect("lock").retry_after = Some(value.to_owned());
     }
 
     /// Wait this long before answering.
