@@ -7,9 +7,19 @@
 //! concurrent clients. Reports throughput, p50/p90/p99/max latency, and the
 //! Postgres commits per command (`pg_stat_database.xact_commit`).
 //!
-//! Run: `cargo bench --bench e2e -- --commands 5000 --concurrency 64`
-//! (`--dispatch-concurrency N` overrides `dispatcher.concurrency`)
-//! (or `scripts/bench.sh`). Under `cargo test` it only prints how to run it.
+//! Modes (`scripts/bench.sh` passes its arguments through):
+//! - `--mode e2e` (default): `--commands N --concurrency C`; `--dispatch-concurrency N`
+//!   overrides `dispatcher.concurrency`; `--workers K` runs the API plus K
+//!   in-process worker dispatchers, `--worker-processes P` the API plus P
+//!   `hookrelay serve --role worker` processes (the release binary).
+//! - `--mode drain --backlog N`: N deliveries already queued, one worker
+//!   process-equivalent drains them; reports deliveries/s.
+//! - `--mode claim --history N`: claim latency (64 ready jobs) as finished
+//!   history grows from 0 to N commands (with deliveries and attempts).
+//!
+//! The receiver is one host, so `delivery.max_in_flight_per_host` is raised to
+//! the dispatcher concurrency: these modes measure the pipeline, not the limit.
+//! Under `cargo test` the benchmark only prints how to run it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,10 +36,19 @@ use uuid::Uuid;
 type Arrivals = Arc<Mutex<HashMap<Uuid, Instant>>>;
 
 struct Args {
+    mode: String,
     commands: usize,
     concurrency: usize,
     /// `dispatcher.concurrency` (0 = the default from config/default.toml).
     dispatch: usize,
+    /// In-process worker dispatchers beside an API-only app (0 = one app with both).
+    workers: usize,
+    /// `hookrelay serve --role worker` processes beside an API-only app.
+    processes: usize,
+    /// Deliveries queued before the drain starts.
+    backlog: usize,
+    /// Finished history rows for the claim mode.
+    history: usize,
 }
 
 fn args() -> Option<Args> {
@@ -44,10 +63,21 @@ fn args() -> Option<Args> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    let mode = argv
+        .iter()
+        .position(|a| a == "--mode")
+        .and_then(|i| argv.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "e2e".into());
     Some(Args {
+        mode,
         commands: value("--commands", 5000),
         concurrency: value("--concurrency", 64),
         dispatch: value("--dispatch-concurrency", 0),
+        workers: value("--workers", 0),
+        processes: value("--worker-processes", 0),
+        backlog: value("--backlog", 100_000),
+        history: value("--history", 1_000_000),
     })
 }
 
@@ -56,10 +86,15 @@ fn main() -> anyhow::Result<()> {
         println!("e2e benchmark: run with `cargo bench --bench e2e` (skipped under cargo test)");
         return Ok(());
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run(args))
+        .build()?;
+    match args.mode.as_str() {
+        "e2e" => runtime.block_on(run(args)),
+        "drain" => runtime.block_on(drain(args)),
+        "claim" => runtime.block_on(claim_latency(args)),
+        other => anyhow::bail!("unknown --mode {other} (e2e, drain, claim)"),
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -118,10 +153,9 @@ async fn xact_commit(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     .await?)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
-    let (upstream_port, receiver_port) = start_peers(arrivals.clone()).await?;
-
+/// Settings of a benchmark database: a fresh database, the `bench`
+/// integration on the local upstream, private callbacks allowed.
+fn bench_settings(args: &Args, upstream_port: u16) -> anyhow::Result<(Settings, String)> {
     let pg = std::env::var("HOOKRELAY_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let db = format!("hookrelay_bench_{}", Uuid::new_v4().simple());
@@ -133,6 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.dispatch > 0 {
         settings.dispatcher.concurrency = args.dispatch;
     }
+    settings.delivery.max_in_flight_per_host = settings.dispatcher.concurrency;
     settings.integrations.insert(
         "bench".into(),
         IntegrationSettings {
@@ -154,10 +189,78 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
     );
     let settings = settings.validate()?;
-    let dispatch_concurrency = settings.dispatcher.concurrency;
     hookrelay::telemetry::init(&settings.telemetry);
+    Ok((settings, pg))
+}
+
+async fn drop_database(pg: &str, settings: &Settings) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let url = settings.database.url.expose_secret().to_owned();
+    let db = url.rsplit('/').next().unwrap_or_default().to_owned();
+    let admin = sqlx::PgPool::connect(&format!("{pg}/postgres")).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
+    Ok(())
+}
+
+/// A `hookrelay serve --role worker` child process, killed when dropped.
+struct WorkerProcess(std::process::Child, std::path::PathBuf);
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+fn worker_process(settings: &Settings, upstream_port: u16) -> anyhow::Result<WorkerProcess> {
+    use secrecy::ExposeSecret;
+    let config =
+        std::env::temp_dir().join(format!("hookrelay-bench-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(
+        &config,
+        format!(
+            "[security]\nallow_private_callbacks = true\n[dispatcher]\nconcurrency = {c}\n\
+             [delivery]\nmax_in_flight_per_host = {c}\n[telemetry]\nfilter = \"warn\"\n\
+             [integrations.bench]\nbase_url = \"http://127.0.0.1:{upstream_port}\"\n\
+             [integrations.bench.operations.create]\nmethod = \"POST\"\npath = \"/things/{{id}}\"\n",
+            c = settings.dispatcher.concurrency
+        ),
+    )?;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+        .args(["serve", "--role", "worker", "--config"])
+        .arg(&config)
+        .env("DATABASE_URL", settings.database.url.expose_secret())
+        .stdin(std::process::Stdio::null())
+        .spawn()?;
+    Ok(WorkerProcess(child, config))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let (upstream_port, receiver_port) = start_peers(arrivals.clone()).await?;
+    let (settings, pg) = bench_settings(&args, upstream_port)?;
+    let dispatch_concurrency = settings.dispatcher.concurrency;
     let token = JwtKeys::new(&settings.auth).mint("bench", &["client".to_owned()], 3600)?;
-    let app = Application::build(settings, ServeRole::All).await?;
+    let separate = args.workers > 0 || args.processes > 0;
+    let role = if separate {
+        ServeRole::Api
+    } else {
+        ServeRole::All
+    };
+    let app = Application::build(settings.clone(), role).await?;
+    let mut workers = Vec::new();
+    for _ in 0..args.workers {
+        let w = Application::build(settings.clone(), ServeRole::Worker).await?;
+        let stop = w.shutdown_token();
+        workers.push((stop, tokio::spawn(w.run_until_stopped())));
+    }
+    let mut processes = Vec::new();
+    for _ in 0..args.processes {
+        processes.push(worker_process(&settings, upstream_port)?);
+    }
     let port = app.port().unwrap_or(0);
     let pool = app.pool().clone();
     let stop = app.shutdown_token();
@@ -256,6 +359,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("  client concurrency {}", args.concurrency);
     println!("  dispatch concurrency {}", dispatch_concurrency);
     println!(
+        "  dispatchers        {}",
+        if separate {
+            format!(
+                "{} in-process worker(s) + {} worker process(es), API separate",
+                args.workers, args.processes
+            )
+        } else {
+            "1 (API and dispatcher in one app)".to_owned()
+        }
+    );
+    println!(
         "  all accepted (202) {:.2} s  ({:.0} commands/s intake)",
         accepted_in.as_secs_f64(),
         args.commands as f64 / accepted_in.as_secs_f64()
@@ -288,10 +402,187 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     stop.cancel();
     let _ = app_task.await;
+    for (stop, task) in workers {
+        stop.cancel();
+        let _ = task.await;
+    }
+    drop(processes);
     pool.close().await;
-    let admin = sqlx::PgPool::connect(&format!("{pg}/postgres")).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-        .execute(&admin)
-        .await?;
+    drop_database(&pg, &settings).await?;
     Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+/// Inserts `n` finished commands with their delivered deliveries and one
+/// attempt each: the history that accumulates in production.
+async fn seed_history(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(100_000);
+        sqlx::query(
+            r#"
+            WITH c AS (
+                INSERT INTO commands (id, client_id, integration, operation, method, path, params, body,
+                                      callback_url, request_hash, status, result)
+                SELECT gen_random_uuid(), 'history', 'bench', 'create', 'POST', '/things/' || g,
+                       '{}'::jsonb, '{"n": 1}'::jsonb, 'http://127.0.0.1:1/hooks', '\x00'::bytea,
+                       'succeeded', '{"status_code": 200, "body": {"ok": true}}'::jsonb
+                  FROM generate_series(1, $1) g
+             RETURNING id, client_id, callback_url
+            ), d AS (
+                INSERT INTO deliveries (id, command_id, client_id, url, payload, status, attempts, delivered_at)
+                SELECT gen_random_uuid(), id, client_id, callback_url, '{"type": "command.succeeded"}',
+                       'delivered', 1, now()
+                  FROM c
+             RETURNING id
+            )
+            INSERT INTO delivery_attempts (delivery_id, attempt, trigger, started_at, duration_ms, response_status)
+            SELECT id, 1, 'scheduled', now(), 1, 200 FROM d
+            "#,
+        )
+        .bind(i64::try_from(chunk)?)
+        .execute(pool)
+        .await?;
+        left -= chunk;
+    }
+    sqlx::query("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
+/// `--mode drain`: a backlog of queued deliveries, then one worker drains it.
+async fn drain(args: Args) -> anyhow::Result<()> {
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let (upstream_port, receiver_port) = start_peers(arrivals.clone()).await?;
+    let (settings, pg) = bench_settings(&args, upstream_port)?;
+    let api = Application::build(settings.clone(), ServeRole::Api).await?;
+    let pool = api.pool().clone();
+    drop(api);
+    hookrelay::security::ensure_signing_secrets(&pool, "bench").await?;
+    let seeded = Instant::now();
+    sqlx::query(
+        r#"
+        WITH c AS (
+            INSERT INTO commands (id, client_id, integration, operation, method, path, params, body,
+                                  callback_url, request_hash, status, result)
+            SELECT gen_random_uuid(), 'bench', 'bench', 'create', 'POST', '/things/' || g,
+                   '{}'::jsonb, '{"n": 1}'::jsonb, $2, '\x00'::bytea,
+                   'succeeded', '{"status_code": 200, "body": {"ok": true}}'::jsonb
+              FROM generate_series(1, $1) g
+         RETURNING id, client_id, callback_url
+        ), d AS (
+            INSERT INTO deliveries (id, command_id, client_id, url, payload)
+            SELECT gen_random_uuid(), id, client_id, callback_url,
+                   json_build_object('type', 'command.succeeded',
+                                     'data', json_build_object('command_id', id, 'status', 'succeeded'))::text
+              FROM c
+         RETURNING id, command_id
+        )
+        INSERT INTO jobs (kind, command_id, delivery_id) SELECT 'deliver', command_id, id FROM d
+        "#,
+    )
+    .bind(i64::try_from(args.backlog)?)
+    .bind(format!("http://127.0.0.1:{receiver_port}/hooks"))
+    .execute(&pool)
+    .await?;
+    sqlx::query("ANALYZE").execute(&pool).await?;
+    let seed_time = seeded.elapsed();
+
+    let started = Instant::now();
+    let worker = Application::build(settings.clone(), ServeRole::Worker).await?;
+    let stop = worker.shutdown_token();
+    let task = tokio::spawn(worker.run_until_stopped());
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&pool)
+            .await?;
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "backlog not drained after 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    let delivered = arrivals.lock().expect("lock").len();
+    println!("hookrelay backlog drain");
+    println!("  machine            {}", machine());
+    println!(
+        "  backlog            {} queued deliveries (seeded in {:.1} s)",
+        args.backlog,
+        seed_time.as_secs_f64()
+    );
+    println!("  dispatch concurrency {}", settings.dispatcher.concurrency);
+    println!("  drained in         {:.2} s", took.as_secs_f64());
+    println!(
+        "  rate               {:.0} deliveries/s",
+        args.backlog as f64 / took.as_secs_f64()
+    );
+    println!("  received           {delivered}");
+    stop.cancel();
+    let _ = task.await;
+    pool.close().await;
+    drop_database(&pg, &settings).await
+}
+
+/// `--mode claim`: claim latency with 64 ready jobs as history grows.
+async fn claim_latency(args: Args) -> anyhow::Result<()> {
+    let (settings, pg) = bench_settings(&args, 9)?;
+    let api = Application::build(settings.clone(), ServeRole::Api).await?;
+    let pool = api.pool().clone();
+    drop(api);
+    // Commands whose jobs are claimed (their execute jobs are re-inserted each round).
+    seed_history(&pool, 64).await?;
+    let ready: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM commands LIMIT 64")
+        .fetch_all(&pool)
+        .await?;
+    println!(
+        "hookrelay claim latency (64 ready jobs, {} rounds per size)",
+        200
+    );
+    println!("  machine            {}", machine());
+    let mut seeded = 0usize;
+    for target in [0usize, 100_000, args.history / 2, args.history] {
+        if target > seeded {
+            seed_history(&pool, target - seeded).await?;
+            seeded = target;
+        }
+        let mut times = Vec::with_capacity(200);
+        for _ in 0..200 {
+            sqlx::query("INSERT INTO jobs (kind, command_id) SELECT 'execute', id FROM UNNEST($1::uuid[]) id")
+                .bind(&ready)
+                .execute(&pool)
+                .await?;
+            let t = Instant::now();
+            let claimed = hookrelay::outbox::claim(&pool, 64, Duration::from_secs(30)).await?;
+            times.push(t.elapsed());
+            anyhow::ensure!(claimed.len() == 64, "claimed {}", claimed.len());
+            sqlx::query("DELETE FROM jobs").execute(&pool).await?;
+        }
+        times.sort();
+        println!(
+            "  history {:>9} finished commands: claim p50 {:.2} ms, p99 {:.2} ms",
+            seeded,
+            percentile(&times, 50.0).as_secs_f64() * 1e3,
+            percentile(&times, 99.0).as_secs_f64() * 1e3
+        );
+    }
+    pool.close().await;
+    drop_database(&pg, &settings).await
 }
