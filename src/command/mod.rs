@@ -26,6 +26,7 @@ use crate::domain::{CallbackUrl, IdempotencyKey};
 use crate::error::{ApiError, Problem};
 use crate::integration::PathTemplate;
 use crate::query::{self, StatusDocument};
+use crate::security::SecretSealer;
 use crate::startup::WritePool;
 
 pub use intake::{Intake, IntakeOutcome, NewCommand};
@@ -151,15 +152,18 @@ pub async fn post_command(
         (status = 200, description = "The current secret", body = SigningSecret),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The stored secret does not open (encryption key missing from the configuration); rotating replaces it", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_signing_secret(
     principal: Principal,
     pool: web::Data<WritePool>,
+    sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(&[Role::Client])?;
-    let secrets = crate::security::ensure_signing_secrets(&pool.0, &principal.client_id).await?;
+    let secrets =
+        crate::security::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id).await?;
     let secret = secrets
         .into_iter()
         .next()

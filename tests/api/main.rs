@@ -8,4 +8,5 @@ mod failures;
 mod helpers;
 mod operations;
 mod pipeline;
+mod rotation;
 mod validation;
