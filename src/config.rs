@@ -198,7 +198,16 @@ pub struct DeliverySettings {
     pub response_body_limit_bytes: usize,
     /// `User-Agent` header on callbacks.
     pub user_agent: String,
+    /// After `POST /v1/signing-secret/rotate`, how long the previous secret
+    /// keeps signing alongside the new one, seconds (default 86400 = 24 h;
+    /// 0 = it stops at once; at most [`MAX_SECRET_ROTATION_GRACE_S`]).
+    pub secret_rotation_grace_s: u64,
 }
+
+/// Upper bound of `delivery.secret_rotation_grace_s`: 30 days. A rotated-out
+/// secret (perhaps leaked) should not keep signing for longer than receivers
+/// plausibly need to switch.
+pub const MAX_SECRET_ROTATION_GRACE_S: u64 = 30 * 24 * 3600;
 
 /// `[telemetry]`
 #[derive(Debug, Clone, Deserialize)]
@@ -446,6 +455,12 @@ impl Settings {
         if self.delivery.timeout_ms == 0 {
             return Err(invalid("delivery.timeout_ms", "must be at least 1"));
         }
+        if self.delivery.secret_rotation_grace_s > MAX_SECRET_ROTATION_GRACE_S {
+            return Err(invalid(
+                "delivery.secret_rotation_grace_s",
+                format!("must be at most {MAX_SECRET_ROTATION_GRACE_S} seconds (30 days)"),
+            ));
+        }
         let lease_ms = self.dispatcher.lease_s.saturating_mul(1000);
         if lease_ms <= self.delivery.timeout_ms {
             return Err(invalid(
@@ -570,6 +585,7 @@ mod tests {
         );
         assert!(!s.security.allow_private_callbacks);
         assert_eq!(s.delivery.retry_schedule_s.len(), 7);
+        assert_eq!(s.delivery.secret_rotation_grace_s, 86_400);
     }
 
     #[test]
@@ -622,6 +638,17 @@ mod tests {
         )];
         let s = s.validate().expect("valid");
         assert!(!s.security.uses_dev_encryption_key());
+    }
+
+    #[test]
+    fn rotation_grace_is_bounded() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.secret_rotation_grace_s = MAX_SECRET_ROTATION_GRACE_S + 1;
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("delivery.secret_rotation_grace_s"), "{err}");
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.secret_rotation_grace_s = 0;
+        assert!(s.validate().is_ok(), "0 = the old secret stops at once");
     }
 
     #[test]

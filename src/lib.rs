@@ -20,7 +20,7 @@
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
-//! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage |
+//! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage, rotation |
 //! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses) |
 //! | [`error`] | `application/problem+json` error policy |
 //! | [`db`] | pools, create-if-missing, migrations |

@@ -1,5 +1,5 @@
 //! Security helpers: the first-cut callback host check, and signing secrets —
-//! generation, sealing at rest, storage and rotation.
+//! generation, sealing at rest, storage and rotation ([`rotate_signing_secret`]).
 //!
 //! The callback check refuses hosts that are `localhost` (or `*.localhost`)
 //! or a *literal* loopback, private, link-local or otherwise non-public IP
@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -376,6 +377,66 @@ pub async fn ensure_signing_secrets(
         sealed = active_sealed(pool, client_id).await?;
     }
     Ok(sealer.open_all(client_id, &sealed))
+}
+
+/// What [`rotate_signing_secret`] did.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    /// The new current secret (`whsec_…`), signing from now on.
+    pub secret: String,
+    /// When the previous current secret stops signing; `None` if the client
+    /// had none.
+    pub previous_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Rotates the client's signing secret in one transaction: the current secret
+/// (if any) gets `expires_at = now + grace` and keeps signing until then, a new
+/// current secret is inserted, and secrets that have already expired are
+/// deleted (they never sign again). Concurrent rotations of one client are
+/// serialised by a per-client advisory lock.
+///
+/// # Errors
+/// Database errors (nothing is changed then); sealing failed.
+pub async fn rotate_signing_secret(
+    pool: &sqlx::PgPool,
+    sealer: &SecretSealer,
+    client_id: &str,
+    grace: Duration,
+) -> Result<Rotation, SecretStoreError> {
+    let secret = new_signing_secret();
+    let sealed = sealer.seal(client_id, &secret)?;
+    let mut tx = pool.begin().await?;
+    lock_client_secrets(&mut tx, client_id).await?;
+    sqlx::query("DELETE FROM signing_secrets WHERE client_id = $1 AND expires_at <= now()")
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?;
+    // clock_timestamp(): measured after the lock, so later rotations always
+    // get later timestamps even if their transactions started earlier.
+    let previous_expires_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "UPDATE signing_secrets
+            SET expires_at = clock_timestamp() + make_interval(secs => $2)
+          WHERE client_id = $1 AND expires_at IS NULL
+      RETURNING expires_at",
+    )
+    .bind(client_id)
+    .bind(grace.as_secs_f64())
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO signing_secrets (id, client_id, secret, created_at)
+         VALUES ($1, $2, $3, clock_timestamp())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(client_id)
+    .bind(sealed)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Rotation {
+        secret,
+        previous_expires_at,
+    })
 }
 
 /// Whether `host` (as it appears in a URL, IPv6 without brackets) names the

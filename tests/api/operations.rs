@@ -36,6 +36,7 @@ async fn probes_openapi_and_unknown_routes() {
         ("/v1/commands/{id}", "get"),
         ("/v1/commands/{id}/attempts", "get"),
         ("/v1/signing-secret", "get"),
+        ("/v1/signing-secret/rotate", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
