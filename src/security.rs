@@ -439,6 +439,59 @@ pub async fn rotate_signing_secret(
     })
 }
 
+/// What [`reseal_signing_secrets`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Rows re-sealed with the first key.
+    pub resealed: u64,
+    /// Rows that no configured key opens (logged at error, left as they are).
+    pub unopenable: u64,
+}
+
+/// Re-seals every stored signing secret that is not sealed with the first key
+/// of `sealer`, so that older encryption keys can be removed from the
+/// configuration (`hookrelay reseal-secrets`, docs/operations.md). Safe while
+/// the service runs: each row is updated only if its sealed value is still the
+/// one that was read, and running it again does nothing.
+///
+/// # Errors
+/// Database errors (rows already re-sealed stay re-sealed); sealing failed.
+pub async fn reseal_signing_secrets(
+    pool: &sqlx::PgPool,
+    sealer: &SecretSealer,
+) -> Result<ResealReport, SecretStoreError> {
+    let first = sealer.key_ids().next().ok_or(SealError)?;
+    let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+        "SELECT id, client_id, secret FROM signing_secrets
+          WHERE NOT starts_with(secret, $1 || ':')
+          ORDER BY id",
+    )
+    .bind(first)
+    .fetch_all(pool)
+    .await?;
+    let mut report = ResealReport::default();
+    for (id, client_id, sealed) in rows {
+        let secret = match sealer.open(&client_id, &sealed) {
+            Ok(secret) => secret,
+            Err(error) => {
+                tracing::error!(%id, client_id, %error, "a stored signing secret does not open; not re-sealed");
+                report.unopenable += 1;
+                continue;
+            }
+        };
+        let resealed = sealer.seal(&client_id, &secret)?;
+        report.resealed +=
+            sqlx::query("UPDATE signing_secrets SET secret = $3 WHERE id = $1 AND secret = $2")
+                .bind(id)
+                .bind(&sealed)
+                .bind(resealed)
+                .execute(pool)
+                .await?
+                .rows_affected();
+    }
+    Ok(report)
+}
+
 /// Whether `host` (as it appears in a URL, IPv6 without brackets) names the
 /// local machine or a non-public address.
 pub fn is_private_host(host: &url::Host<&str>) -> bool {

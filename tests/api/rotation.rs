@@ -335,3 +335,94 @@ async fn expired_secrets_are_removed_by_the_next_rotation() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseal_moves_every_secret_to_the_first_key() {
+    let k1 = format!("k1:{}", b64(&[1u8; 32]));
+    let k2 = format!("k2:{}", b64(&[2u8; 32]));
+    let k3 = format!("k3:{}", b64(&[3u8; 32]));
+    let app = spawn_app_with(|s| {
+        s.security.signing_key_encryption_keys = vec![SecretString::from(k1.clone())];
+    })
+    .await;
+    let acme = app.token("acme", &["client"]);
+    let beta = app.token("beta", &["client"]);
+    let acme_old = signing_secret(&app, &acme).await;
+    let acme_new = rotate(&app, &acme).await["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let beta_secret = signing_secret(&app, &beta).await;
+
+    // The operator prepended k2; the CLI re-seals everything with it.
+    use secrecy::ExposeSecret;
+    let db_url = app.settings.database.url.expose_secret().to_owned();
+    let keys = format!("{k2},{k1}");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .arg("reseal-secrets")
+            .env_remove("HOOKRELAY_CONFIG")
+            .env("DATABASE_URL", db_url)
+            .env("HOOKRELAY__SECURITY__SIGNING_KEY_ENCRYPTION_KEYS", keys)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("re-sealed 3 signing secrets with key `k2`"),
+        "{stdout}"
+    );
+
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT client_id, secret FROM signing_secrets ORDER BY created_at")
+            .fetch_all(&app.pool)
+            .await
+            .expect("rows");
+    let only_k2 = hookrelay::security::SecretSealer::from_keys(&[SecretString::from(k2.clone())])
+        .expect("keys");
+    let opened: Vec<String> = rows
+        .iter()
+        .map(|(client, sealed)| {
+            assert!(sealed.starts_with("k2:"), "{sealed}");
+            only_k2.open(client, sealed).expect("k2 alone opens")
+        })
+        .collect();
+    assert_eq!(opened, vec![acme_old, acme_new, beta_secret]);
+
+    // Idempotent, and a value no key opens is reported, not destroyed.
+    let both = hookrelay::security::SecretSealer::from_keys(&[
+        SecretString::from(k2.clone()),
+        SecretString::from(k1.clone()),
+    ])
+    .expect("keys");
+    let report = hookrelay::security::reseal_signing_secrets(&app.pool, &both)
+        .await
+        .expect("reseal");
+    assert_eq!(report.resealed, 0);
+    sqlx::query(
+        "UPDATE signing_secrets SET secret =
+            (SELECT secret FROM signing_secrets WHERE client_id = 'acme' AND expires_at IS NULL)
+          WHERE client_id = 'beta'",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("update");
+    let k3_first = hookrelay::security::SecretSealer::from_keys(&[
+        SecretString::from(k3),
+        SecretString::from(k2),
+    ])
+    .expect("keys");
+    let report = hookrelay::security::reseal_signing_secrets(&app.pool, &k3_first)
+        .await
+        .expect("reseal");
+    assert_eq!(report.resealed, 2);
+    assert_eq!(report.unopenable, 1);
+}
