@@ -471,7 +471,10 @@ async fn drain(args: Args) -> anyhow::Result<()> {
     let api = Application::build(settings.clone(), ServeRole::Api).await?;
     let pool = api.pool().clone();
     drop(api);
-    hookrelay::security::ensure_signing_secrets(&pool, "bench").await?;
+    let sealer = hookrelay::security::SecretSealer::from_keys(
+        &settings.security.signing_key_encryption_keys,
+    )?;
+    hookrelay::security::ensure_signing_secrets(&pool, &sealer, "bench").await?;
     let seeded = Instant::now();
     sqlx::query(
         r#"

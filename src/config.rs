@@ -25,6 +25,12 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 /// The development JWT secret shipped in `config/default.toml`; using it logs a warning.
 pub const DEV_JWT_SECRET: &str = "hookrelay-dev-secret-change-me-0123456789";
 
+/// The key material (base64) of the development signing-secret encryption key
+/// shipped in `config/default.toml` (`dev:` + this; it decodes to
+/// `hookrelay-dev-key-change-me-0123`). Anyone can read it here, so values
+/// sealed with it are not protected; configuring it logs a warning.
+pub const DEV_SIGNING_KEY_ENCRYPTION_KEY: &str = "aG9va3JlbGF5LWRldi1rZXktY2hhbmdlLW1lLTAxMjM=";
+
 /// A configuration problem: the key (dotted path) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -127,6 +133,23 @@ pub struct AuthSettings {
 pub struct SecuritySettings {
     /// Allow `localhost` and literal loopback/private/link-local callback hosts.
     pub allow_private_callbacks: bool,
+    /// Keys that seal signing secrets at rest (XChaCha20-Poly1305), each
+    /// `id:<base64 of 32 bytes>`. The first seals new secrets, every entry
+    /// opens, so the key is rotated by prepending a new one. Default: the
+    /// development key [`DEV_SIGNING_KEY_ENCRYPTION_KEY`] (logged as a warning).
+    pub signing_key_encryption_keys: Vec<SecretString>,
+}
+
+impl SecuritySettings {
+    /// Whether the development encryption key (public, in this repository) is
+    /// among `signing_key_encryption_keys`, under any id.
+    pub fn uses_dev_encryption_key(&self) -> bool {
+        self.signing_key_encryption_keys.iter().any(|k| {
+            k.expose_secret()
+                .split_once(':')
+                .is_some_and(|(_, key)| key.trim() == DEV_SIGNING_KEY_ENCRYPTION_KEY)
+        })
+    }
 }
 
 /// `[commands]`
@@ -179,6 +202,10 @@ pub struct DeliverySettings {
     pub user_agent: String,
     /// Concurrent callback attempts per receiver `host:port`.
     pub max_in_flight_per_host: usize,
+    /// After `POST /v1/signing-secret/rotate`, how long the previous secret
+    /// keeps signing alongside the new one, seconds (default 86400 = 24 h;
+    /// 0 = it stops at once; at most [`MAX_SECRET_ROTATION_GRACE_S`]).
+    pub secret_rotation_grace_s: u64,
 }
 
 /// `[maintenance]`: cron schedules (UTC, with a seconds field) and retention.
@@ -198,6 +225,11 @@ pub struct MaintenanceSettings {
     /// Lease of a running maintenance run, seconds.
     pub run_lease_s: u64,
 }
+
+/// Upper bound of `delivery.secret_rotation_grace_s`: 30 days. A rotated-out
+/// secret (perhaps leaked) should not keep signing for longer than receivers
+/// plausibly need to switch.
+pub const MAX_SECRET_ROTATION_GRACE_S: u64 = 30 * 24 * 3600;
 
 /// `[telemetry]`
 #[derive(Debug, Clone, Deserialize)]
@@ -352,6 +384,7 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("delivery.retry_schedule_s")
+                .with_list_parse_key("security.signing_key_encryption_keys")
                 .try_parsing(true),
         );
         if std::env::var_os("HOOKRELAY__DATABASE__URL").is_none() {
@@ -410,6 +443,8 @@ impl Settings {
         if self.auth.leeway_s > 60 {
             return Err(invalid("auth.leeway_s", "must be at most 60 seconds"));
         }
+        crate::security::SecretSealer::from_keys(&self.security.signing_key_encryption_keys)
+            .map_err(|e| invalid("security.signing_key_encryption_keys", e.to_string()))?;
         if self.commands.intake_batch_max == 0 || self.commands.intake_batch_max > 1000 {
             return Err(invalid("commands.intake_batch_max", "must be 1..=1000"));
         }
@@ -441,6 +476,12 @@ impl Settings {
         }
         if self.delivery.timeout_ms == 0 {
             return Err(invalid("delivery.timeout_ms", "must be at least 1"));
+        }
+        if self.delivery.secret_rotation_grace_s > MAX_SECRET_ROTATION_GRACE_S {
+            return Err(invalid(
+                "delivery.secret_rotation_grace_s",
+                format!("must be at most {MAX_SECRET_ROTATION_GRACE_S} seconds (30 days)"),
+            ));
         }
         if self.dispatcher.lease_s < 3 {
             return Err(invalid(
@@ -588,6 +629,7 @@ mod tests {
         );
         assert!(!s.security.allow_private_callbacks);
         assert_eq!(s.delivery.retry_schedule_s.len(), 7);
+        assert_eq!(s.delivery.secret_rotation_grace_s, 86_400);
     }
 
     #[test]
@@ -605,6 +647,52 @@ mod tests {
         s.auth.jwt_secret = SecretString::from("short");
         let err = s.validate().expect_err("must fail").to_string();
         assert!(err.contains("auth.jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn bad_encryption_keys_are_named_without_their_material() {
+        let s = Settings::defaults().expect("defaults");
+        assert!(s.security.uses_dev_encryption_key());
+        for (keys, problem) in [
+            (vec![], "at least one"),
+            (vec!["k1:c2hvcnQ="], "32 bytes, got 5"),
+            (vec!["k1"], "entry 1"),
+            (
+                vec![
+                    "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                    "k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                ],
+                "more than once",
+            ),
+        ] {
+            let mut s = Settings::defaults().expect("defaults");
+            s.security.signing_key_encryption_keys =
+                keys.iter().map(|k| SecretString::from(*k)).collect();
+            let err = s.validate().expect_err("must fail").to_string();
+            assert!(
+                err.contains("security.signing_key_encryption_keys"),
+                "{err}"
+            );
+            assert!(err.contains(problem), "{err}");
+            assert!(!err.contains("c2hvcnQ") && !err.contains("MDEy"), "{err}");
+        }
+        let mut s = Settings::defaults().expect("defaults");
+        s.security.signing_key_encryption_keys = vec![SecretString::from(
+            "prod-1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        )];
+        let s = s.validate().expect("valid");
+        assert!(!s.security.uses_dev_encryption_key());
+    }
+
+    #[test]
+    fn rotation_grace_is_bounded() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.secret_rotation_grace_s = MAX_SECRET_ROTATION_GRACE_S + 1;
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("delivery.secret_rotation_grace_s"), "{err}");
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.secret_rotation_grace_s = 0;
+        assert!(s.validate().is_ok(), "0 = the old secret stops at once");
     }
 
     #[test]

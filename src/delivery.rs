@@ -124,6 +124,19 @@ pub struct AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// An attempt that failed before anything was sent (e.g. no usable signing
+    /// secret): no response, `error` explains, counted like a network error.
+    pub fn not_sent(error: impl Into<String>) -> Self {
+        AttemptOutcome {
+            started_at: chrono::Utc::now(),
+            duration_ms: 0,
+            response_status: None,
+            response_body: None,
+            error: Some(error.into()),
+            retry_after: None,
+        }
+    }
+
     /// 2xx.
     pub fn delivered(&self) -> bool {
         matches!(self.response_status, Some(200..=299))

@@ -22,11 +22,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::delivery::{next_delay, Sender, WebhookBody, WebhookData};
+use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, DeliveryStatus};
 use crate::integration::{backoff, CallOutcome, Integrations, UpstreamRequest, UpstreamResult};
 use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
-use crate::security::ensure_signing_secrets;
+use crate::security::{ensure_signing_secrets, SecretSealer, SecretStoreError};
 
 /// Everything a job needs, shared by all job tasks.
 pub struct DispatchContext {
@@ -45,6 +45,8 @@ pub struct DispatchContext {
     /// Wakes the dispatcher loop: NOTIFY arrivals, and job tasks that
     /// rescheduled a retry (an UPDATE fires no NOTIFY).
     pub wake: Arc<Notify>,
+    /// Opens the sealed signing secrets that the claim returns.
+    pub sealer: Arc<SecretSealer>,
 }
 
 /// The outbox dispatcher of one worker process.
@@ -406,8 +408,15 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         return outbox::drop_job(&ctx.pool, job).await;
     }
     let secrets = match &job.secrets {
-        Some(s) if !s.is_empty() => s.clone(),
-        _ => ensure_signing_secrets(&ctx.pool, &job.client_id).await?,
+        Some(sealed) if !sealed.is_empty() => ctx.sealer.open_all(&job.client_id, sealed),
+        _ => match ensure_signing_secrets(&ctx.pool, &ctx.sealer, &job.client_id).await {
+            Ok(secrets) => secrets,
+            Err(SecretStoreError::Database(e)) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "creating the client's first signing secret failed");
+                Vec::new()
+            }
+        },
     };
     let Some(host_slot) = ctx.hosts.acquire(url).await else {
         // The host is at its limit: try again shortly, without spending an attempt.
@@ -421,10 +430,17 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         return Ok(done);
     };
     let webhook_id = delivery_id.to_string();
-    let outcome = ctx
-        .sender
-        .attempt(url, &webhook_id, &secrets, payload)
-        .await;
+    let outcome = if secrets.is_empty() {
+        // Never send an unsigned webhook: record a failed attempt without
+        // contacting the receiver; the schedule retries (and dead-letters).
+        AttemptOutcome::not_sent(
+            "not sent: no signing secret of this client could be opened (server configuration)",
+        )
+    } else {
+        ctx.sender
+            .attempt(url, &webhook_id, &secrets, payload)
+            .await
+    };
     drop(host_slot);
     let settings = &ctx.settings.delivery;
     let next = if outcome.delivered() {

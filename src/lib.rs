@@ -21,7 +21,7 @@
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
 //! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
-//! | [`security`] | callback host check, signing secret generation and storage |
+//! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage, rotation |
 //! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses) |
 //! | [`error`] | `application/problem+json` error policy |
 //! | [`db`] | pools, create-if-missing, migrations |

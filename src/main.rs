@@ -1,4 +1,5 @@
-//! The `hookrelay` binary: `serve`, `migrate` and `token` (SPEC "Running").
+//! The `hookrelay` binary: `serve`, `migrate` and `token` (SPEC "Running"),
+//! and `reseal-secrets` for retiring a signing-secret encryption key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,10 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Re-seal every stored signing secret with the first key of
+    /// security.signing_key_encryption_keys, so older keys can be removed.
+    /// Exits 1 if a stored secret opens with no configured key.
+    ResealSecrets,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +97,28 @@ fn main() -> ExitCode {
                     hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
                 hookrelay::db::migrate(&pool, url).await?;
                 tracing::info!("migrations applied");
+                Ok(())
+            }
+            Command::ResealSecrets => {
+                let url = settings.database.url.expose_secret();
+                let pool =
+                    hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
+                let sealer = hookrelay::security::SecretSealer::from_keys(
+                    &settings.security.signing_key_encryption_keys,
+                )?;
+                let key = sealer.key_ids().next().unwrap_or_default().to_owned();
+                let report = hookrelay::security::reseal_signing_secrets(&pool, &sealer).await?;
+                println!(
+                    "re-sealed {} signing secrets with key `{key}`",
+                    report.resealed
+                );
+                if report.unopenable > 0 {
+                    anyhow::bail!(
+                        "{} stored signing secrets open with no configured key (logged above); \
+                         keep the old keys configured until this is resolved",
+                        report.unopenable
+                    );
+                }
                 Ok(())
             }
             Command::Token { .. } => Ok(()),

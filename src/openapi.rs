@@ -11,6 +11,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         crate::command::post_command,
         crate::command::get_signing_secret,
+        crate::command::rotate_signing_secret,
         crate::query::get_command,
         crate::query::list_commands,
         crate::query::list_attempts,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
+use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -22,6 +23,7 @@ use crate::error::{not_found, path_error_handler, query_error_handler};
 use crate::integration::Integrations;
 use crate::maintenance::Scheduler;
 use crate::outbox::Outcomes;
+use crate::security::SecretSealer;
 use crate::telemetry::RootSpan;
 
 /// The primary (write) pool, as app data.
@@ -77,6 +79,16 @@ impl Application {
                 "auth.jwt_secret is the development default; set your own before production use"
             );
         }
+        if settings.security.uses_dev_encryption_key() {
+            tracing::warn!(
+                "security.signing_key_encryption_keys contains the public development key; \
+                 signing secrets sealed with it are not protected at rest. Set your own before production use"
+            );
+        }
+        let sealer = Arc::new(
+            SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
+                .context("security.signing_key_encryption_keys")?,
+        );
         let settings = Arc::new(settings);
         let (primary, read) = crate::db::pools(&settings.database, true).await?;
         let integrations = Arc::new(Integrations::from_settings(&settings.integrations)?);
@@ -94,6 +106,7 @@ impl Application {
                 outcomes,
                 hosts: HostLimits::new(settings.delivery.max_in_flight_per_host),
                 wake: Arc::new(tokio::sync::Notify::new()),
+                sealer: sealer.clone(),
             }))
         } else {
             None
@@ -119,7 +132,14 @@ impl Application {
                 settings.commands.intake_batch_max,
                 Duration::from_millis(settings.commands.intake_batch_window_ms),
             );
-            let server = http_server(listener, settings.clone(), primary.clone(), read, intake)?;
+            let server = http_server(
+                listener,
+                settings.clone(),
+                primary.clone(),
+                read,
+                intake,
+                sealer,
+            )?;
             (Some(port), Some(server), writers)
         } else {
             (None, None, Vec::new())
@@ -231,12 +251,14 @@ fn http_server(
     primary: PgPool,
     read: PgPool,
     intake: Intake,
+    sealer: Arc<SecretSealer>,
 ) -> anyhow::Result<Server> {
     let keys = web::Data::new(JwtKeys::new(&settings.auth));
     let settings_data = web::Data::new(settings.clone());
     let write_pool = web::Data::new(WritePool(primary));
     let read_pool = web::Data::new(ReadPool(read));
     let intake = web::Data::new(intake);
+    let sealer = web::Data::from(sealer);
     let mut server = HttpServer::new(move || {
         App::new()
             .wrap(TracingLogger::<RootSpan>::new())
@@ -245,6 +267,7 @@ fn http_server(
             .app_data(write_pool.clone())
             .app_data(read_pool.clone())
             .app_data(intake.clone())
+            .app_data(sealer.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .configure(crate::command::routes)

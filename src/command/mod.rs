@@ -27,6 +27,7 @@ use crate::domain::{CallbackUrl, IdempotencyKey};
 use crate::error::{ApiError, Problem};
 use crate::integration::PathTemplate;
 use crate::query::{self, StatusDocument};
+use crate::security::SecretSealer;
 use crate::startup::WritePool;
 
 pub use intake::{Intake, IntakeOutcome, NewCommand};
@@ -59,6 +60,18 @@ pub struct SigningSecret {
     pub secret: String,
 }
 
+/// Body of `POST /v1/signing-secret/rotate`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RotatedSigningSecret {
+    /// The new current Standard Webhooks secret (`whsec_` + base64 key); it
+    /// signs every callback from now on.
+    pub secret: String,
+    /// Until when (RFC 3339) the previous secret keeps signing alongside the
+    /// new one (`delivery.secret_rotation_grace_s` after the rotation);
+    /// `null` if there was no previous secret.
+    pub previous_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Routes of the write side.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/commands", web::post().to(post_command))
@@ -70,6 +83,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/v1/dead-letters/{id}/replay",
             web::post().to(replay::replay_one),
+        )
+        .route(
+            "/v1/signing-secret/rotate",
+            web::post().to(rotate_signing_secret),
         );
 }
 
@@ -160,15 +177,18 @@ pub async fn post_command(
         (status = 200, description = "The current secret", body = SigningSecret),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The stored secret does not open (encryption key missing from the configuration); rotating replaces it", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_signing_secret(
     principal: Principal,
     pool: web::Data<WritePool>,
+    sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require(&[Role::Client])?;
-    let secrets = crate::security::ensure_signing_secrets(&pool.0, &principal.client_id).await?;
+    let secrets =
+        crate::security::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id).await?;
     let secret = secrets
         .into_iter()
         .next()
@@ -176,6 +196,53 @@ pub async fn get_signing_secret(
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(SigningSecret { secret }))
+}
+
+/// Rotate the caller's signing secret.
+///
+/// A new secret is created and signs at once; the previous one keeps signing
+/// alongside it (two `v1,` signatures per callback) until
+/// `previous_expires_at`, so the receiver can switch without a gap. Any
+/// request body is ignored.
+#[utoipa::path(
+    post, path = "/v1/signing-secret/rotate", tag = "signing",
+    responses(
+        (status = 200, description = "The new secret and when the previous one stops signing", body = RotatedSigningSecret,
+         headers(("Cache-Control" = String, description = "no-store"))),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(
+    name = "rotate_signing_secret",
+    target = "hookrelay::command",
+    skip_all,
+    fields(client_id = %principal.client_id)
+)]
+pub async fn rotate_signing_secret(
+    principal: Principal,
+    pool: web::Data<WritePool>,
+    settings: web::Data<Arc<Settings>>,
+    sealer: web::Data<SecretSealer>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require(&[Role::Client])?;
+    let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
+    let rotation =
+        crate::security::rotate_signing_secret(&pool.0, &sealer, &principal.client_id, grace)
+            .await?;
+    tracing::info!(
+        target: "hookrelay::command",
+        previous_expires_at = ?rotation.previous_expires_at,
+        "signing secret rotated"
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(RotatedSigningSecret {
+            secret: rotation.secret,
+            previous_expires_at: rotation.previous_expires_at,
+        }))
 }
 
 fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {

@@ -57,6 +57,40 @@ fn bad_config_exits_2_naming_the_key() {
 }
 
 #[test]
+fn encryption_keys_come_from_the_environment_and_are_checked() {
+    let out = hookrelay()
+        .args(["token", "--sub", "acme", "--role", "client"])
+        .env(
+            "HOOKRELAY__SECURITY__SIGNING_KEY_ENCRYPTION_KEYS",
+            "k2:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=,k1:aG9va3JlbGF5LWRldi1rZXktY2hhbmdlLW1lLTAxMjM=",
+        )
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = hookrelay()
+        .args(["migrate"])
+        .env(
+            "HOOKRELAY__SECURITY__SIGNING_KEY_ENCRYPTION_KEYS",
+            "k1:c2VjcmV0LWJ1dC1zaG9ydA==",
+        )
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("security.signing_key_encryption_keys"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("c2VjcmV0"), "key material shown: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+}
+
+#[test]
 fn unreachable_database_names_the_masked_url() {
     let out = hookrelay()
         .args(["serve"])

@@ -32,6 +32,28 @@ pub struct Received {
     pub body: Value,
     pub verified: bool,
     pub at: Instant,
+    /// The request's headers and body exactly as they arrived, to verify again
+    /// against a chosen secret ([`Received::verifies_with`]).
+    pub headers: wiremock::http::HeaderMap,
+    pub raw_body: Vec<u8>,
+}
+
+impl Received {
+    /// Whether the reference `standardwebhooks` verifier, given only `secret`,
+    /// accepts this request.
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret)
+            .map(|wh| wh.verify(&self.raw_body, &self.headers).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// The `v1,` signatures in `webhook-signature`.
+    pub fn signature_count(&self) -> usize {
+        self.headers
+            .get("webhook-signature")
+            .and_then(|v| v.to_str().ok())
+            .map_or(0, |v| v.split(' ').filter(|s| s.starts_with("v1,")).count())
+    }
 }
 
 #[derive(Default)]
@@ -74,6 +96,8 @@ impl Respond for Verifier {
             body: serde_json::from_slice(&req.body).unwrap_or(Value::Null),
             verified,
             at: Instant::now(),
+            headers: req.headers.clone(),
+            raw_body: req.body.clone(),
         });
         let status = st.script.pop_front().unwrap_or(st.default_status);
         let mut resp = ResponseTemplate::new(status)
@@ -334,6 +358,15 @@ impl TestApp {
             req = req.header("Idempotency-Key", k);
         }
         req.send().await.expect("POST /v1/commands")
+    }
+
+    pub async fn post(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("POST")
     }
 
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {

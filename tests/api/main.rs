@@ -11,4 +11,5 @@ mod maintenance;
 mod operations;
 mod pipeline;
 mod processes;
+mod rotation;
 mod validation;

@@ -58,7 +58,7 @@ async fn maintenance_runs_once_per_schedule_and_does_its_work() {
         "UPDATE commands SET created_at = now() - interval '2 hours'",
         "UPDATE delivery_attempts SET started_at = now() - interval '2 days'",
         "INSERT INTO signing_secrets (id, client_id, secret, created_at, expires_at)
-         VALUES (gen_random_uuid(), 'acme', 'retired', now() - interval '3 days', now() - interval '1 day')",
+         VALUES (gen_random_uuid(), 'acme', 'dev:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', now() - interval '3 days', now() - interval '1 day')",
     ] {
         sqlx::query(sql).execute(&app.pool).await.expect(sql);
     }

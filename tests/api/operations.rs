@@ -39,6 +39,7 @@ async fn probes_openapi_and_unknown_routes() {
         ("/v1/dead-letters", "get"),
         ("/v1/dead-letters/{id}/replay", "post"),
         ("/v1/dead-letters/replay", "post"),
+        ("/v1/signing-secret/rotate", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
