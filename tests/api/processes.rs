@@ -293,3 +293,53 @@ async fn two_worker_processes_execute_each_of_1000_commands_exactly_once() {
     assert!(app.receiver.received().iter().all(|r| r.verified));
     let _ = std::fs::remove_file(config);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_instances_share_idempotency_keys() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let settings = test_settings(&upstream.uri());
+    let a = spawn_with_settings(settings.clone(), upstream, ServeRole::All).await;
+    let b = spawn_with_settings(settings, MockServer::start().await, ServeRole::Api).await;
+    let token = a.token("acme", &["client"]);
+    let body = a.command("1", json!({"n": 1}));
+    // The same request through both instances at once, several times each.
+    let sends = (0..8).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let (token, body) = (token.clone(), body.clone());
+        async move { app.post_command(&token, &body, Some("shared-key")).await }
+    });
+    let mut ids = HashSet::new();
+    for resp in futures_util::future::join_all(sends).await {
+        assert_eq!(resp.status(), 202);
+        ids.insert(
+            resp.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 1, "one command across API instances: {ids:?}");
+    let mut other = body.clone();
+    other["body"] = json!({"n": 2});
+    assert_eq!(
+        b.post_command(&token, &other, Some("shared-key"))
+            .await
+            .status(),
+        409
+    );
+    let id = ids.into_iter().next().expect("id");
+    a.wait_status(
+        &token,
+        &id,
+        Duration::from_secs(10),
+        crate::helpers::settled,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.upstream.verify().await;
+}
