@@ -182,10 +182,14 @@ fn bench_settings(args: &Args, upstream_port: u16) -> anyhow::Result<(Settings, 
                 OperationSettings {
                     method: WriteMethod::Post,
                     path: "/things/{id}".into(),
+                    fallback: None,
                 },
             )]
             .into(),
             queries: Default::default(),
+            retry_horizon_s: 3600,
+            throttle: Default::default(),
+            breaker: Default::default(),
         },
     );
     let settings = settings.validate()?;

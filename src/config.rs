@@ -78,6 +78,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Scheduled housekeeping.
     pub maintenance: MaintenanceSettings,
+    /// Process-wide resilience settings.
+    pub resilience: ResilienceSettings,
     /// Third-party APIs by name (`[integrations.NAME]`).
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationSettings>,
@@ -208,6 +210,16 @@ pub struct DeliverySettings {
     pub secret_rotation_grace_s: u64,
 }
 
+/// `[resilience]`: settings shared by every integration's policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResilienceSettings {
+    /// Retries allowed per upstream call made (0.2 = at most 20% of calls are retries).
+    pub retry_budget_ratio: f64,
+    /// Retries per second always allowed, however few calls were made.
+    pub retry_budget_min_per_s: f64,
+}
+
 /// `[maintenance]`: cron schedules (UTC, with a seconds field) and retention.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -278,6 +290,77 @@ pub struct IntegrationSettings {
     /// Queries (reads, always GET) by name.
     #[serde(default)]
     pub queries: BTreeMap<String, QuerySettings>,
+    /// Longest time a command keeps retrying, seconds from its acceptance; a
+    /// retryable failure after it ends the command as `failed`.
+    #[serde(default = "default_retry_horizon_s")]
+    pub retry_horizon_s: u64,
+    /// Client-side rate and concurrency limits (`[integrations.NAME.throttle]`).
+    #[serde(default)]
+    pub throttle: ThrottleSettings,
+    /// Circuit breaker (`[integrations.NAME.breaker]`).
+    #[serde(default)]
+    pub breaker: BreakerSettings,
+}
+
+/// `[integrations.NAME.throttle]`: how fast and how much at once we call a vendor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleSettings {
+    /// Sustained requests per second (GCRA); 0 = no rate limit.
+    pub rate_per_s: u32,
+    /// Requests allowed in a burst above the rate; at least 1.
+    pub burst: u32,
+    /// Calls in flight at once per process; 0 = unlimited.
+    pub max_in_flight: usize,
+    /// Slow down from the vendor's own rate-limit headers (`X-RateLimit-*`,
+    /// IETF `RateLimit`, `Retry-After` on 429/503).
+    pub adaptive: bool,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            rate_per_s: 0,
+            burst: 1,
+            max_in_flight: 0,
+            adaptive: true,
+        }
+    }
+}
+
+/// `[integrations.NAME.breaker]`: circuit breaker over a sliding window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Off = calls are never short-circuited.
+    pub enabled: bool,
+    /// Opens when the failure fraction in the window reaches this (0–1].
+    pub failure_rate: f64,
+    /// ...and the window holds at least this many calls.
+    pub min_calls: usize,
+    /// Sliding window length, seconds.
+    pub window_s: u64,
+    /// How long it stays open before letting probes through, seconds (fractions allowed).
+    pub cool_down_s: f64,
+    /// Probe calls let through when half-open; that many successes close it.
+    pub half_open_probes: usize,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            enabled: true,
+            failure_rate: 0.5,
+            min_calls: 20,
+            window_s: 30,
+            cool_down_s: 30.0,
+            half_open_probes: 3,
+        }
+    }
+}
+
+fn default_retry_horizon_s() -> u64 {
+    3600
 }
 
 fn default_timeout_ms() -> u64 {
@@ -340,6 +423,25 @@ pub struct OperationSettings {
     pub method: WriteMethod,
     /// Path template; `{name}` is filled from the command's params.
     pub path: String,
+    /// What answers when this integration's circuit breaker is open.
+    #[serde(default)]
+    pub fallback: Option<FallbackSettings>,
+}
+
+/// `[integrations.NAME.operations.OP.fallback]`: either another integration's
+/// operation (`integration` + `operation`, whose path placeholders must be a
+/// subset of this operation's) or a static response (`status` + `body`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackSettings {
+    /// Fallback integration.
+    pub integration: Option<String>,
+    /// Its operation.
+    pub operation: Option<String>,
+    /// Static response status.
+    pub status: Option<u16>,
+    /// Static response body (any JSON/TOML value).
+    pub body: Option<serde_json::Value>,
 }
 
 /// `[integrations.NAME.queries.Q]`
@@ -512,6 +614,18 @@ impl Settings {
             crate::maintenance::parse_cron(expr)
                 .map_err(|e| invalid(key, format!("is not a cron expression ({e})")))?;
         }
+        if !(0.0..=10.0).contains(&self.resilience.retry_budget_ratio) {
+            return Err(invalid(
+                "resilience.retry_budget_ratio",
+                "must be between 0 and 10",
+            ));
+        }
+        if !(0.0..=1e6).contains(&self.resilience.retry_budget_min_per_s) {
+            return Err(invalid(
+                "resilience.retry_budget_min_per_s",
+                "must be between 0 and 1e6",
+            ));
+        }
         if self.maintenance.run_lease_s == 0 {
             return Err(invalid("maintenance.run_lease_s", "must be at least 1"));
         }
@@ -525,12 +639,53 @@ impl Settings {
             }
             integration.validate(&key)?;
         }
+        self.validate_fallbacks()?;
         Ok(self)
     }
 
     /// Shutdown grace for in-flight jobs.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.dispatcher.shutdown_grace_s)
+    }
+}
+
+impl Settings {
+    fn validate_fallbacks(&self) -> Result<(), ConfigError> {
+        for (name, integration) in &self.integrations {
+            for (op, settings) in &integration.operations {
+                let Some(fb) = &settings.fallback else {
+                    continue;
+                };
+                let key = format!("integrations.{name}.operations.{op}.fallback");
+                match (&fb.integration, &fb.operation, fb.status) {
+                    (Some(i), Some(o), None) => {
+                        let target = self
+                            .integrations
+                            .get(i)
+                            .and_then(|t| t.operations.get(o))
+                            .ok_or_else(|| invalid(&key, format!("no operation `{o}` in integration `{i}`")))?;
+                        if i == name {
+                            return Err(invalid(&key, "must name another integration"));
+                        }
+                        let own = crate::integration::PathTemplate::parse(&settings.path).map_err(|p| invalid(&key, p))?;
+                        let theirs = crate::integration::PathTemplate::parse(&target.path).map_err(|p| invalid(&key, p))?;
+                        let own: Vec<&str> = own.params().collect();
+                        let missing = theirs.params().find(|p| !own.contains(p)).map(str::to_owned);
+                        if let Some(p) = missing {
+                            return Err(invalid(&key, format!("its path needs `{{{p}}}`, which this operation does not take")));
+                        }
+                    }
+                    (None, None, Some(status)) if (100..600).contains(&status) => {}
+                    _ => {
+                        return Err(invalid(
+                            &key,
+                            "set either `integration` + `operation`, or `status` (100-599) with an optional `body`",
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -547,6 +702,28 @@ impl IntegrationSettings {
         }
         if self.max_attempts == 0 {
             return Err(invalid(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        if self.throttle.burst == 0 {
+            return Err(invalid(
+                format!("{key}.throttle.burst"),
+                "must be at least 1",
+            ));
+        }
+        let b = &self.breaker;
+        if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) {
+            return Err(invalid(
+                format!("{key}.breaker.failure_rate"),
+                "must be in (0, 1]",
+            ));
+        }
+        if b.min_calls == 0 || b.half_open_probes == 0 || b.window_s == 0 {
+            return Err(invalid(
+                format!("{key}.breaker"),
+                "min_calls, half_open_probes and window_s must be at least 1",
+            ));
+        }
+        if !b.cool_down_s.is_finite() || b.cool_down_s <= 0.0 {
+            return Err(invalid(format!("{key}.breaker.cool_down_s"), "must be > 0"));
         }
         if let Some(cred) = &mut self.credential {
             actix_web::http::header::HeaderName::try_from(cred.header.as_str()).map_err(|_| {
@@ -712,10 +889,14 @@ mod tests {
                     OperationSettings {
                         method: WriteMethod::Post,
                         path: "/x/{unclosed".into(),
+                        fallback: None,
                     },
                 )]
                 .into(),
                 queries: BTreeMap::new(),
+                retry_horizon_s: 3600,
+                throttle: Default::default(),
+                breaker: Default::default(),
             },
         );
         let err = s.validate().expect_err("must fail").to_string();

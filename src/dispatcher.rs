@@ -21,11 +21,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::FallbackSettings;
 use crate::config::Settings;
 use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, DeliveryStatus};
-use crate::integration::{backoff, CallOutcome, Integrations, UpstreamRequest, UpstreamResult};
+use crate::integration::{
+    backoff, CallOutcome, Integrations, PathTemplate, UpstreamRequest, UpstreamResult,
+};
 use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
+use crate::resilience::{Admission, Policies, RetryBudget};
 use crate::security::{ensure_signing_secrets, SecretSealer, SecretStoreError};
 
 /// Everything a job needs, shared by all job tasks.
@@ -40,6 +44,10 @@ pub struct DispatchContext {
     pub sender: Sender,
     /// Per-callback-host concurrency limits.
     pub hosts: HostLimits,
+    /// Per-integration resilience policies (shared with the admin view).
+    pub policies: Arc<Policies>,
+    /// Global retry budget for upstream calls.
+    pub retry_budget: RetryBudget,
     /// Group writer for job outcomes.
     pub outcomes: outbox::Outcomes,
     /// Wakes the dispatcher loop: NOTIFY arrivals, and job tasks that
@@ -302,7 +310,10 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         // A duplicate job for a finished command: never call the upstream twice.
         return outbox::drop_job(&ctx.pool, job).await;
     }
-    let Some(integration) = ctx.integrations.get(&job.integration) else {
+    let (Some(integration), Some(policy)) = (
+        ctx.integrations.get(&job.integration),
+        ctx.policies.get(&job.integration),
+    ) else {
         let result = UpstreamResult {
             status_code: None,
             body: serde_json::Value::Null,
@@ -311,9 +322,38 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
                 "integration `{}` is no longer configured",
                 job.integration
             )),
+            fallback: false,
         };
         return finish(ctx, job, CommandStatus::Failed, &result).await;
     };
+    let ticket = match policy.admit().await {
+        Admission::Go(ticket) => ticket,
+        Admission::Wait { delay, reason } => {
+            crate::metrics::throttled(&job.integration, reason);
+            crate::metrics::upstream_call(&job.integration, &job.operation, "throttled", 0.0);
+            return defer(ctx, job, delay).await;
+        }
+        Admission::Open { remaining } => {
+            crate::metrics::upstream_call(&job.integration, &job.operation, "open", 0.0);
+            let fallback = integration
+                .operation(&job.operation)
+                .and_then(|op| op.fallback.as_ref());
+            return match fallback {
+                Some(fb) => run_fallback(ctx, job, fb, remaining).await,
+                None => defer(ctx, job, remaining).await,
+            };
+        }
+    };
+    let attempt = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+    if attempt > 1 && !ctx.retry_budget.try_withdraw() {
+        // Retries may use only a fraction of all calls: wait for the budget.
+        policy.record(ticket, None, None);
+        crate::metrics::throttled(&job.integration, "budget");
+        return defer(ctx, job, Duration::from_secs(1)).await;
+    }
+    if attempt <= 1 {
+        ctx.retry_budget.deposit();
+    }
     let command_id = job.command_id.to_string();
     let request = UpstreamRequest {
         command_id: job.command_id,
@@ -323,15 +363,25 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         body: job.body.as_ref().map(|b| &b.0),
         idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
-    match integration.call(&request).await {
+    let called = integration.call(&request).await;
+    policy.record_call(
+        ticket,
+        called.vendor_failed(),
+        called.vendor,
+        Some(called.duration),
+    );
+    match called.outcome {
         CallOutcome::Succeeded(result) => finish(ctx, job, CommandStatus::Succeeded, &result).await,
         CallOutcome::Rejected(result) => finish(ctx, job, CommandStatus::Failed, &result).await,
         CallOutcome::Retryable {
             result,
             retry_after,
         } => {
-            let attempt = u32::try_from(job.attempts).unwrap_or(u32::MAX);
-            if attempt >= integration.settings.max_attempts {
+            let horizon = Duration::from_secs(integration.settings.retry_horizon_s);
+            let age = (chrono::Utc::now() - job.command_created_at)
+                .to_std()
+                .unwrap_or_default();
+            if attempt >= integration.settings.max_attempts || age >= horizon {
                 return finish(ctx, job, CommandStatus::Failed, &result).await;
             }
             let mut delay = backoff(attempt, integration.settings.retry_backoff_ms);
@@ -345,10 +395,97 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
                 .or_else(|| result.status_code.map(|s| format!("HTTP {s}")))
                 .unwrap_or_default();
             tracing::info!(target: "hookrelay::command", %error, delay_ms = delay.as_millis() as u64, "upstream call failed; retrying");
+            crate::metrics::upstream_retry(&job.integration, &job.operation);
             let done = outbox::retry_execute(&ctx.pool, job, delay, &error).await?;
             ctx.wake.notify_one();
             Ok(done)
         }
+    }
+}
+
+/// Puts the job back for `delay` without spending an attempt, and wakes the
+/// loop so it reconsiders when to claim next.
+async fn defer(ctx: &DispatchContext, job: &ClaimedJob, delay: Duration) -> sqlx::Result<bool> {
+    tracing::debug!(
+        delay_ms = delay.as_millis() as u64,
+        "job deferred without spending an attempt"
+    );
+    let done = outbox::defer(&ctx.pool, job, delay).await?;
+    ctx.wake.notify_one();
+    Ok(done)
+}
+
+/// Answers a command from its operation's fallback while the primary's breaker
+/// is open: a static response, or the fallback integration's operation (through
+/// that integration's own policy). The result is marked `fallback: true`. If the
+/// fallback cannot answer now, the command waits for the primary's cool-down.
+async fn run_fallback(
+    ctx: &DispatchContext,
+    job: &ClaimedJob,
+    fallback: &FallbackSettings,
+    remaining: Duration,
+) -> sqlx::Result<bool> {
+    crate::metrics::fallback_used(&job.integration, &job.operation);
+    if let Some(status) = fallback.status {
+        let result = UpstreamResult {
+            status_code: Some(status),
+            body: fallback.body.clone().unwrap_or(serde_json::Value::Null),
+            truncated: false,
+            error: None,
+            fallback: true,
+        };
+        let outcome = if (200..300).contains(&status) {
+            CommandStatus::Succeeded
+        } else {
+            CommandStatus::Failed
+        };
+        return finish(ctx, job, outcome, &result).await;
+    }
+    let (Some(name), Some(op_name)) = (&fallback.integration, &fallback.operation) else {
+        return defer(ctx, job, remaining).await;
+    };
+    let (Some(target), Some(policy)) = (ctx.integrations.get(name), ctx.policies.get(name)) else {
+        return defer(ctx, job, remaining).await;
+    };
+    let Some(op) = target.operation(op_name) else {
+        return defer(ctx, job, remaining).await;
+    };
+    let path = match PathTemplate::parse(&op.path)
+        .map(|t| t.fill_subset(&job.params.0.as_object().cloned().unwrap_or_default()))
+    {
+        Ok(Ok(p)) => p,
+        _ => return defer(ctx, job, remaining).await,
+    };
+    let Admission::Go(ticket) = policy.admit().await else {
+        return defer(ctx, job, remaining).await;
+    };
+    let command_id = job.command_id.to_string();
+    let request = UpstreamRequest {
+        command_id: job.command_id,
+        operation: op_name,
+        method: op.method.as_str(),
+        path: &path,
+        body: job.body.as_ref().map(|b| &b.0),
+        idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
+    };
+    let called = target.call(&request).await;
+    policy.record_call(
+        ticket,
+        called.vendor_failed(),
+        called.vendor,
+        Some(called.duration),
+    );
+    tracing::info!(target: "hookrelay::command", integration = %job.integration, fallback = %name, "answered by the fallback");
+    match called.outcome {
+        CallOutcome::Succeeded(mut result) => {
+            result.fallback = true;
+            finish(ctx, job, CommandStatus::Succeeded, &result).await
+        }
+        CallOutcome::Rejected(mut result) => {
+            result.fallback = true;
+            finish(ctx, job, CommandStatus::Failed, &result).await
+        }
+        CallOutcome::Retryable { .. } => defer(ctx, job, remaining).await,
     }
 }
 

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::config::{IntegrationSettings, OperationSettings};
 use crate::http_util::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
+use crate::resilience::VendorLimit;
 
 /// Characters escaped in a path parameter: everything but RFC 3986 unreserved.
 const PATH_PARAM: &AsciiSet = &NON_ALPHANUMERIC
@@ -88,6 +89,24 @@ impl PathTemplate {
             Segment::Param(p) => Some(p.as_str()),
             Segment::Literal(_) => None,
         })
+    }
+
+    /// Like [`PathTemplate::fill`], ignoring params the template does not use
+    /// (a fallback operation may take a subset of the primary's params).
+    ///
+    /// # Errors
+    /// As [`PathTemplate::fill`] for the params it uses.
+    pub fn fill_subset(
+        &self,
+        params: &serde_json::Map<String, Value>,
+    ) -> Result<String, (String, String)> {
+        let used: Vec<&str> = self.params().collect();
+        let subset = params
+            .iter()
+            .filter(|(k, _)| used.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.fill(&subset)
     }
 
     /// Fills placeholders from `params` (scalars only), percent-encoding each
@@ -157,6 +176,10 @@ pub struct UpstreamResult {
     /// Why the call failed without a response (e.g. `timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the result came from the operation's fallback (another
+    /// integration, or a static response) because this one's breaker was open.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// How an upstream call ended.
@@ -258,7 +281,7 @@ impl Integration {
         skip_all,
         fields(integration = %self.name, operation = req.operation, command_id = %req.command_id, status, duration_ms)
     )]
-    pub async fn call(&self, req: &UpstreamRequest<'_>) -> CallOutcome {
+    pub async fn call(&self, req: &UpstreamRequest<'_>) -> Called {
         let url = format!(
             "{}{}",
             self.settings.base_url.as_str().trim_end_matches('/'),
@@ -277,6 +300,7 @@ impl Integration {
             builder = builder.json(body);
         }
         let started = Instant::now();
+        let mut vendor = None;
         let outcome = match builder.send().await {
             Err(e) => CallOutcome::Retryable {
                 result: UpstreamResult {
@@ -284,12 +308,14 @@ impl Integration {
                     body: Value::Null,
                     truncated: false,
                     error: Some(describe_transport_error(&e)),
+                    fallback: false,
                 },
                 retry_after: None,
             },
             Ok(resp) => {
                 let status = resp.status();
                 let retry_after = retry_after_of(&resp);
+                vendor = VendorLimit::from_headers(status.as_u16(), resp.headers());
                 match read_body_limited(resp, self.settings.max_response_bytes).await {
                     Err(e) => CallOutcome::Retryable {
                         result: UpstreamResult {
@@ -297,6 +323,7 @@ impl Integration {
                             body: Value::Null,
                             truncated: false,
                             error: Some(describe_transport_error(&e)),
+                            fallback: false,
                         },
                         retry_after,
                     },
@@ -306,14 +333,16 @@ impl Integration {
                             body: body_value(&bytes, truncated),
                             truncated,
                             error: None,
+                            fallback: false,
                         };
                         classify(status.as_u16(), result, retry_after)
                     }
                 }
             }
         };
+        let duration = started.elapsed();
         let span = tracing::Span::current();
-        span.record("duration_ms", started.elapsed().as_millis() as u64);
+        span.record("duration_ms", duration.as_millis() as u64);
         let (CallOutcome::Succeeded(r)
         | CallOutcome::Rejected(r)
         | CallOutcome::Retryable { result: r, .. }) = &outcome;
@@ -321,7 +350,35 @@ impl Integration {
             span.record("status", code);
         }
         tracing::debug!(target: "hookrelay::command", "upstream call finished");
-        outcome
+        Called {
+            outcome,
+            vendor,
+            duration,
+        }
+    }
+}
+
+/// A finished upstream call: its classified outcome, what the vendor's
+/// rate-limit headers said, and how long it took.
+#[derive(Debug, Clone)]
+pub struct Called {
+    /// How the call ended.
+    pub outcome: CallOutcome,
+    /// The vendor's rate-limit headers, if any.
+    pub vendor: Option<VendorLimit>,
+    /// Wall time of the call.
+    pub duration: Duration,
+}
+
+impl Called {
+    /// The breaker's view: `Some(true)` vendor failure (5xx, 408, timeout,
+    /// connection error), `None` throttling (429), `Some(false)` otherwise.
+    pub fn vendor_failed(&self) -> Option<bool> {
+        match &self.outcome {
+            CallOutcome::Retryable { result, .. } if result.status_code == Some(429) => None,
+            CallOutcome::Retryable { .. } => Some(true),
+            _ => Some(false),
+        }
     }
 }
 
@@ -447,6 +504,7 @@ mod tests {
             body: Value::Null,
             truncated: false,
             error: None,
+            fallback: false,
         };
         assert!(matches!(
             classify(201, r.clone(), None),

@@ -20,6 +20,9 @@
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
 //! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
+//! | [`resilience`] | per-integration throttle (GCRA, in-flight, vendor headers), circuit breaker, retry budget |
+//! | [`admin`] | admin diagnostics: `GET /v1/admin/integrations` |
+//! | [`metrics`] | Prometheus series |
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
 //! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage, rotation |
 //! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses) |
@@ -27,6 +30,7 @@
 //! | [`db`] | pools, create-if-missing, migrations |
 //! | [`health`], [`openapi`], [`telemetry`], [`http_util`] | probes, API document, logging, HTTP helpers |
 
+pub mod admin;
 pub mod auth;
 pub mod batch;
 pub mod command;
@@ -40,9 +44,11 @@ pub mod health;
 pub mod http_util;
 pub mod integration;
 pub mod maintenance;
+pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod query;
+pub mod resilience;
 pub mod security;
 pub mod startup;
 pub mod telemetry;

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         crate::query::list_dead_letters,
         crate::command::replay::replay_one,
         crate::command::replay::replay_bulk,
+        crate::admin::integrations,
         crate::health::healthz,
         crate::health::readyz,
         openapi_json,

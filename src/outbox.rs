@@ -62,6 +62,10 @@ pub struct ClaimedJob {
     pub body: Option<Json<Value>>,
     /// Client's idempotency key.
     pub idempotency_key: Option<String>,
+    /// Command params (for a fallback operation's path).
+    pub params: Json<Value>,
+    /// When the command was accepted (for the retry horizon).
+    pub command_created_at: chrono::DateTime<chrono::Utc>,
     /// Command status at claim time (before the claim's own update).
     pub command_status: String,
     /// Callback URL (deliver jobs).
@@ -102,7 +106,8 @@ pub async fn claim(pool: &PgPool, limit: usize, lease: Duration) -> sqlx::Result
         )
         SELECT cl.id, cl.kind, cl.command_id, cl.delivery_id, cl.attempts, cl.lease_token, cl.trigger,
                c.client_id, c.integration, c.operation, c.method, c.path, c.body,
-               c.idempotency_key, c.status AS command_status,
+               c.idempotency_key, c.params, c.created_at AS command_created_at,
+               c.status AS command_status,
                d.url, d.payload, d.status AS delivery_status,
                CASE WHEN cl.kind = 'deliver' THEN
                    ARRAY(SELECT s.secret FROM signing_secrets s

@@ -23,6 +23,7 @@ use crate::error::{not_found, path_error_handler, query_error_handler};
 use crate::integration::Integrations;
 use crate::maintenance::Scheduler;
 use crate::outbox::Outcomes;
+use crate::resilience::{Policies, RetryBudget};
 use crate::security::SecretSealer;
 use crate::telemetry::RootSpan;
 
@@ -92,6 +93,7 @@ impl Application {
         let settings = Arc::new(settings);
         let (primary, read) = crate::db::pools(&settings.database, true).await?;
         let integrations = Arc::new(Integrations::from_settings(&settings.integrations)?);
+        let policies = Arc::new(Policies::from_settings(&settings.integrations));
         let cancel = CancellationToken::new();
 
         let dispatcher = if role.worker() {
@@ -105,6 +107,11 @@ impl Application {
                 sender: Sender::new(&settings.delivery)?,
                 outcomes,
                 hosts: HostLimits::new(settings.delivery.max_in_flight_per_host),
+                policies: policies.clone(),
+                retry_budget: RetryBudget::new(
+                    settings.resilience.retry_budget_ratio,
+                    settings.resilience.retry_budget_min_per_s,
+                ),
                 wake: Arc::new(tokio::sync::Notify::new()),
                 sealer: sealer.clone(),
             }))
@@ -139,6 +146,7 @@ impl Application {
                 read,
                 intake,
                 sealer,
+                policies.clone(),
             )?;
             (Some(port), Some(server), writers)
         } else {
@@ -252,7 +260,9 @@ fn http_server(
     read: PgPool,
     intake: Intake,
     sealer: Arc<SecretSealer>,
+    policies: Arc<Policies>,
 ) -> anyhow::Result<Server> {
+    let policies = web::Data::new(policies);
     let keys = web::Data::new(JwtKeys::new(&settings.auth));
     let settings_data = web::Data::new(settings.clone());
     let write_pool = web::Data::new(WritePool(primary));
@@ -268,11 +278,13 @@ fn http_server(
             .app_data(read_pool.clone())
             .app_data(intake.clone())
             .app_data(sealer.clone())
+            .app_data(policies.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .configure(crate::command::routes)
             .configure(crate::query::routes)
             .configure(crate::health::routes)
+            .configure(crate::admin::routes)
             .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
             .default_service(web::to(not_found))
     })

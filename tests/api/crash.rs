@@ -71,6 +71,7 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
         body: json!("stale"),
         truncated: false,
         error: None,
+        fallback: false,
     };
     let written = outbox::finish_execute(
         &app.pool,

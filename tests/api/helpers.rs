@@ -250,6 +250,7 @@ pub fn test_settings(upstream: &str) -> Settings {
             OperationSettings {
                 method: m,
                 path: p.to_owned(),
+                fallback: None,
             },
         )
     })
@@ -271,6 +272,9 @@ pub fn test_settings(upstream: &str) -> Settings {
                 },
             )]
             .into(),
+            retry_horizon_s: 3600,
+            throttle: Default::default(),
+            breaker: Default::default(),
         },
     );
     s

@@ -11,5 +11,6 @@ mod maintenance;
 mod operations;
 mod pipeline;
 mod processes;
+mod resilience;
 mod rotation;
 mod validation;
