@@ -147,11 +147,22 @@ where
 }
 
 /// Errors that mean "the database is unavailable", not "this data is bad".
+///
+/// Besides pool and I/O errors: SQLSTATE class 08 (connection exception), 53
+/// (insufficient resources), 57P01–57P03 (shutdown, cannot connect now) and
+/// 40001/40P01 (serialization failure, deadlock: retrying succeeds).
 pub fn is_transient(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-    )
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P0")
+                || c == "40001"
+                || c == "40P01"
+        }),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -184,6 +184,9 @@ pub struct DispatcherSettings {
     pub poll_interval_ms: u64,
     /// Shutdown grace for in-flight jobs, seconds.
     pub shutdown_grace_s: u64,
+    /// A job claimed this many times without a recorded outcome is given up
+    /// (command `failed`, delivery dead-lettered `abandoned`): a poison-job cap.
+    pub max_claims: u32,
 }
 
 /// `[delivery]`
@@ -583,6 +586,21 @@ impl Settings {
             return Err(invalid(
                 "delivery.secret_rotation_grace_s",
                 format!("must be at most {MAX_SECRET_ROTATION_GRACE_S} seconds (30 days)"),
+            ));
+        }
+        let schedule_attempts =
+            u32::try_from(self.delivery.retry_schedule_s.len()).unwrap_or(u32::MAX);
+        let most_attempts = self
+            .integrations
+            .values()
+            .map(|i| i.max_attempts)
+            .chain(std::iter::once(schedule_attempts.saturating_add(1)))
+            .max()
+            .unwrap_or(1);
+        if self.dispatcher.max_claims <= most_attempts.saturating_add(1) {
+            return Err(invalid(
+                "dispatcher.max_claims",
+                format!("must exceed every integration's max_attempts and the delivery schedule's attempts ({most_attempts}) by at least 2"),
             ));
         }
         if self.dispatcher.lease_s < 3 {

@@ -50,6 +50,9 @@ pub struct DispatchContext {
     pub retry_budget: RetryBudget,
     /// Group writer for job outcomes.
     pub outcomes: outbox::Outcomes,
+    /// Jobs whose outcome is queued for writing: shutdown must not release
+    /// their leases, or the queued outcome would find no lease and be lost.
+    pub recording: Mutex<std::collections::HashSet<i64>>,
     /// Wakes the dispatcher loop: NOTIFY arrivals, and job tasks that
     /// rescheduled a retry (an UPDATE fires no NOTIFY).
     pub wake: Arc<Notify>,
@@ -125,7 +128,9 @@ impl Dispatcher {
             }
             if got < wanted {
                 let wait = match outbox::time_to_next_job(&self.ctx.pool).await {
-                    Ok(Some(d)) => d.min(poll),
+                    // A ready job we could not claim is locked by another
+                    // claimer: do not spin on it.
+                    Ok(Some(d)) => d.min(poll).max(Duration::from_millis(20)),
                     Ok(None) => poll,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the next run time failed");
@@ -148,10 +153,21 @@ impl Dispatcher {
         if drained.is_err() {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
+            let recording = self
+                .ctx
+                .recording
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default();
             let held: Vec<(i64, Uuid)> = self
                 .in_flight
                 .lock()
-                .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter(|(k, _)| !recording.contains(k))
+                        .map(|(k, v)| (*k, *v))
+                        .collect()
+                })
                 .unwrap_or_default();
             match outbox::release(&self.ctx.pool, &held).await {
                 Ok(n) => tracing::info!(released = n, "released leases of unfinished jobs"),
@@ -285,12 +301,17 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
     fields(job_id = job.id, kind = %job.kind, command_id = %job.command_id, attempt = job.attempts)
 )]
 async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
-    let result = match job.kind.as_str() {
-        "execute" => execute(ctx, &job).await,
-        "deliver" => deliver(ctx, &job).await,
-        other => {
-            tracing::error!(kind = other, "unknown job kind");
-            Ok(true)
+    let claims = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+    let result = if claims > ctx.settings.dispatcher.max_claims {
+        give_up(ctx, &job).await
+    } else {
+        match job.kind.as_str() {
+            "execute" => execute(ctx, &job).await,
+            "deliver" => deliver(ctx, &job).await,
+            other => {
+                tracing::error!(kind = other, "unknown job kind");
+                Ok(true)
+            }
         }
     };
     match result {
@@ -302,6 +323,52 @@ async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
             tracing::error!(error = %e, "recording the job outcome failed; the job will run again after its lease")
         }
     }
+}
+
+/// Queues an outcome with the group writer and waits for its commit, marking
+/// the job as recording meanwhile (see [`DispatchContext::recording`]).
+async fn record(ctx: &DispatchContext, job_id: i64, outcome: Outcome) -> sqlx::Result<bool> {
+    if let Ok(mut r) = ctx.recording.lock() {
+        r.insert(job_id);
+    }
+    let done = ctx.outcomes.record(outcome).await;
+    if let Ok(mut r) = ctx.recording.lock() {
+        r.remove(&job_id);
+    }
+    done
+}
+
+/// Ends a poison job: claimed more than `dispatcher.max_claims` times without
+/// an outcome (its worker keeps dying on it, or its outcome cannot be stored).
+/// Nothing of what the job produced is written, only the verdict.
+async fn give_up(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> {
+    let why = format!(
+        "abandoned after {} claims without a recorded outcome",
+        job.attempts - 1
+    );
+    tracing::error!(job_id = job.id, kind = %job.kind, "{why}");
+    if job.kind == "deliver" {
+        return record(
+            ctx,
+            job.id,
+            Outcome::Attempt(AttemptRecord {
+                job_id: job.id,
+                lease_token: job.lease_token,
+                outcome: crate::delivery::AttemptOutcome::not_sent(why),
+                next: AfterAttempt::DeadLettered("abandoned"),
+                trigger: job.trigger.clone(),
+            }),
+        )
+        .await;
+    }
+    let result = UpstreamResult {
+        status_code: None,
+        body: serde_json::Value::Null,
+        truncated: false,
+        error: Some(why),
+        fallback: false,
+    };
+    finish(ctx, job, CommandStatus::Failed, &result).await
 }
 
 async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> {
@@ -513,17 +580,19 @@ async fn finish(
         },
     };
     let payload = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let done = ctx
-        .outcomes
-        .record(Outcome::Finish(Finish {
+    let done = record(
+        ctx,
+        job.id,
+        Outcome::Finish(Finish {
             job_id: job.id,
             lease_token: job.lease_token,
             status,
             result: result.clone(),
             delivery_id: Uuid::now_v7(),
             payload,
-        }))
-        .await?;
+        }),
+    )
+    .await?;
     if done {
         tracing::debug!(target: "hookrelay::command", status = %status, "command finished");
     }
@@ -601,16 +670,18 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     if let AfterAttempt::DeadLettered(reason) = next {
         tracing::warn!(webhook_id = %webhook_id, reason, error = ?outcome.error, "delivery dead-lettered");
     }
-    let done = ctx
-        .outcomes
-        .record(Outcome::Attempt(AttemptRecord {
+    let done = record(
+        ctx,
+        job.id,
+        Outcome::Attempt(AttemptRecord {
             job_id: job.id,
             lease_token: job.lease_token,
             outcome,
             next,
             trigger: job.trigger.clone(),
-        }))
-        .await?;
+        }),
+    )
+    .await?;
     if matches!(next, AfterAttempt::RetryIn(_)) {
         ctx.wake.notify_one();
     }

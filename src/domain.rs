@@ -82,6 +82,21 @@ impl IdempotencyKey {
     }
 }
 
+/// Refuses a text parameter containing NUL (Postgres text cannot hold it), so
+/// the caller gets a 422 naming `field` instead of a database error.
+///
+/// # Errors
+/// 422 naming `field`.
+pub fn reject_nul_param(field: &str, value: Option<&str>) -> Result<(), crate::error::ApiError> {
+    match value {
+        Some(v) if v.contains('\0') => Err(crate::error::ApiError::validation(
+            field,
+            "must not contain the NUL character",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A command's lifecycle (SPEC "The status document").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -127,11 +127,10 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-                ApiError::Unavailable("the database is busy or unavailable; retry later".into())
-            }
-            other => ApiError::Internal(anyhow::Error::new(other).context("database error")),
+        if crate::batch::is_transient(&e) {
+            ApiError::Unavailable("the database is busy or unavailable; retry later".into())
+        } else {
+            ApiError::Internal(anyhow::Error::new(e).context("database error"))
         }
     }
 }

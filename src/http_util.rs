@@ -45,14 +45,40 @@ pub async fn read_body_limited(
 }
 
 /// `bytes` as UTF-8 text, cut back to a character boundary if a limit split a
-/// character.
+/// character, with NUL replaced by U+FFFD (Postgres text and jsonb cannot
+/// store NUL; a vendor's binary body must not make its job unrecordable).
 pub fn lossy_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
+    let text = match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(e) if e.error_len().is_none() => {
             String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
         }
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    strip_nul(text)
+}
+
+/// `s` with NUL replaced by U+FFFD.
+pub fn strip_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
+/// Replaces NUL in every string and key of a JSON value (see [`lossy_text`]).
+pub fn strip_nul_json(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(strip_nul(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nul_json).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (strip_nul(k), strip_nul_json(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -99,6 +125,13 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn nul_never_survives() {
+        assert_eq!(lossy_text(b"a\0b"), "a\u{FFFD}b");
+        let v = strip_nul_json(serde_json::json!({"k\u{0}": ["x\u{0}", 1]}));
+        assert_eq!(v, serde_json::json!({"k\u{FFFD}": ["x\u{FFFD}", 1]}));
     }
 
     #[test]

@@ -400,7 +400,7 @@ fn body_value(bytes: &[u8], truncated: bool) -> Value {
     }
     if !truncated {
         if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-            return v;
+            return crate::http_util::strip_nul_json(v);
         }
     }
     Value::String(lossy_text(bytes))

@@ -12,15 +12,17 @@
 //! Tasks:
 //! - `purge_attempt_bodies`: drop receiver response bodies from the attempt
 //!   log after `attempt_body_retention_s` (the attempt rows stay);
-//! - `expire_idempotency_keys`: forget idempotency keys after
-//!   `idempotency_key_ttl_s`, so the key can be used again;
+//! - `expire_idempotency_keys`: forget idempotency keys of finished commands
+//!   after `idempotency_key_ttl_s`, so the key can be used again (a command
+//!   still running keeps its key, which is forwarded upstream on every try);
 //! - `retire_signing_secrets`: delete rotated secrets whose grace has ended;
-//! - `purge_maintenance_runs`: drop finished run records after 7 days.
+//! - run records older than 7 days are dropped hourly by the scheduler; a run
+//!   that failed 5 times is not claimed again (its `last_error` says why).
 //!
 //! Finished outbox jobs need no purge: they are deleted when they finish.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -109,12 +111,26 @@ impl Scheduler {
 
     /// Enqueues due runs and executes pending ones until `cancel` fires.
     pub async fn run(self, cancel: CancellationToken) {
+        let mut last_purge: Option<Instant> = None;
         let mut next: Vec<Option<DateTime<Utc>>> = self
             .schedules
             .iter()
             .map(|(_, s)| s.upcoming(Utc).next())
             .collect();
         loop {
+            if last_purge.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                // Run records older than a week go, finished or not (a run that
+                // failed 5 times is not claimed again; its record says why).
+                let purged = sqlx::query(
+                    "DELETE FROM maintenance_runs WHERE created_at < now() - interval '7 days'",
+                )
+                .execute(&self.pool)
+                .await;
+                if let Err(e) = purged {
+                    tracing::warn!(error = %e, "purging old maintenance runs failed");
+                }
+                last_purge = Some(Instant::now());
+            }
             let now = Utc::now();
             for ((task, schedule), at) in self.schedules.iter().zip(next.iter_mut()) {
                 while let Some(due) = at.filter(|t| *t <= now) {
@@ -211,7 +227,8 @@ async fn claim(pool: &PgPool, lease: Duration) -> sqlx::Result<Option<ClaimedRun
                 attempts = attempts + 1
           WHERE (task, scheduled_for) IN (
                 SELECT task, scheduled_for FROM maintenance_runs
-                 WHERE done_at IS NULL AND (locked_until IS NULL OR locked_until < now())
+                 WHERE done_at IS NULL AND attempts < 5
+                   AND (locked_until IS NULL OR locked_until < now())
                  ORDER BY scheduled_for
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED)
@@ -239,6 +256,7 @@ async fn execute(pool: &PgPool, settings: &MaintenanceSettings, task: Task) -> s
               WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM commands
                      WHERE idempotency_key IS NOT NULL
+                       AND status IN ('succeeded', 'failed')
                        AND created_at < now() - make_interval(secs => $1)
                      LIMIT $2))"
         }

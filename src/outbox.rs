@@ -514,7 +514,7 @@ pub struct ReplayFilter {
 /// trigger is `replay` — one statement, so the whole replay is durable (or
 /// not done) at once, and a restart afterwards loses nothing. A delivery that
 /// is not dead-lettered is untouched (so concurrent replays enqueue it once).
-/// Returns the replayed delivery ids.
+/// At most `limit` deliveries (oldest dead letters first); returns how many.
 ///
 /// # Errors
 /// Database errors (nothing is replayed then).
@@ -522,27 +522,35 @@ pub async fn replay_dead_letters(
     pool: &PgPool,
     delivery_id: Option<Uuid>,
     filter: &ReplayFilter,
-) -> sqlx::Result<Vec<Uuid>> {
+    limit: i64,
+) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         r#"
-        WITH d AS (
+        WITH pick AS (
+            SELECT d.id
+              FROM deliveries d
+              JOIN commands c ON c.id = d.command_id
+             WHERE d.status = 'dead_lettered'
+               AND ($1::uuid IS NULL OR d.id = $1)
+               AND ($2::text IS NULL OR c.integration = $2)
+               AND ($3::text IS NULL OR d.client_id = $3)
+               AND ($4::timestamptz IS NULL OR d.dead_lettered_at >= $4)
+               AND ($5::timestamptz IS NULL OR d.dead_lettered_at < $5)
+             ORDER BY d.dead_lettered_at
+             LIMIT $6
+               FOR UPDATE OF d SKIP LOCKED
+        ), d AS (
             UPDATE deliveries
                SET status = 'pending', dead_letter_reason = NULL, dead_lettered_at = NULL,
                    updated_at = now()
-              FROM commands c
-             WHERE c.id = deliveries.command_id
-               AND deliveries.status = 'dead_lettered'
-               AND ($1::uuid IS NULL OR deliveries.id = $1)
-               AND ($2::text IS NULL OR c.integration = $2)
-               AND ($3::text IS NULL OR deliveries.client_id = $3)
-               AND ($4::timestamptz IS NULL OR deliveries.dead_lettered_at >= $4)
-               AND ($5::timestamptz IS NULL OR deliveries.dead_lettered_at < $5)
+              FROM pick
+             WHERE deliveries.id = pick.id
          RETURNING deliveries.id, deliveries.command_id
         ), j AS (
             INSERT INTO jobs (kind, command_id, delivery_id, trigger)
             SELECT 'deliver', command_id, id, 'replay' FROM d
         )
-        SELECT id FROM d
+        SELECT count(*) FROM d
         "#,
     )
     .bind(delivery_id)
@@ -550,11 +558,13 @@ pub async fn replay_dead_letters(
     .bind(filter.client_id.as_deref())
     .bind(filter.since)
     .bind(filter.until)
-    .fetch_all(pool)
+    .bind(limit)
+    .fetch_one(pool)
     .await
 }
 
-/// Releases leases (graceful shutdown): the jobs are ready again at once.
+/// Releases leases (graceful shutdown): the jobs are ready again at once, and
+/// the interrupted claim does not count as an attempt.
 ///
 /// # Errors
 /// Database errors.
@@ -562,7 +572,8 @@ pub async fn release(pool: &PgPool, jobs: &[(i64, Uuid)]) -> sqlx::Result<u64> {
     let (ids, tokens): (Vec<i64>, Vec<Uuid>) = jobs.iter().copied().unzip();
     Ok(sqlx::query(
         r#"
-        UPDATE jobs SET run_at = now(), locked_until = NULL, lease_token = NULL
+        UPDATE jobs SET run_at = now(), locked_until = NULL, lease_token = NULL,
+                        attempts = GREATEST(attempts - 1, 0)
           FROM UNNEST($1::bigint[], $2::uuid[]) AS r(id, token)
          WHERE jobs.id = r.id AND jobs.lease_token = r.token
         "#,

@@ -62,6 +62,7 @@ pub struct Application {
     dispatcher: Option<Dispatcher>,
     scheduler: Option<Scheduler>,
     intake_writers: Vec<JoinHandle<()>>,
+    outcome_writers: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
     pool: PgPool,
 }
@@ -96,16 +97,19 @@ impl Application {
         let policies = Arc::new(Policies::from_settings(&settings.integrations));
         let cancel = CancellationToken::new();
 
+        let mut outcome_writers = Vec::new();
         let dispatcher = if role.worker() {
             // Two writers: one statement in flight while the next batch gathers.
-            let (outcomes, _writers) =
+            let (outcomes, writers) =
                 Outcomes::start(primary.clone(), 2, settings.dispatcher.claim_batch);
+            outcome_writers = writers;
             Some(Dispatcher::new(DispatchContext {
                 pool: primary.clone(),
                 settings: settings.clone(),
                 integrations: integrations.clone(),
                 sender: Sender::new(&settings.delivery)?,
                 outcomes,
+                recording: std::sync::Mutex::new(Default::default()),
                 hosts: HostLimits::new(settings.delivery.max_in_flight_per_host),
                 policies: policies.clone(),
                 retry_budget: RetryBudget::new(
@@ -159,6 +163,7 @@ impl Application {
             dispatcher,
             scheduler,
             intake_writers,
+            outcome_writers,
             cancel,
             pool: primary,
         })
@@ -226,6 +231,11 @@ impl Application {
         }
         if let Some(d) = dispatcher {
             d.await??;
+        }
+        // Outcomes queued by jobs that finished during the drain are written
+        // before the process exits (the writers end once the queue is empty).
+        for writer in self.outcome_writers {
+            let _ = writer.await;
         }
         tracing::info!("hookrelay stopped");
         Ok(())

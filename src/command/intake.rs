@@ -125,6 +125,13 @@ struct Existing {
 /// Inserts the commands and their execute jobs in one transaction; returns one
 /// outcome per input, in order.
 async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<IntakeOutcome>> {
+    // Insert in (client_id, idempotency_key) order so concurrent batches take
+    // their ON CONFLICT locks in the same order and cannot deadlock; outcomes
+    // are matched back to the caller's order by command id below.
+    let mut sorted = commands.clone();
+    sorted.sort_by(|a, b| {
+        (&a.client_id, &a.idempotency_key).cmp(&(&b.client_id, &b.idempotency_key))
+    });
     let mut tx = pool.begin().await?;
     let inserted: Vec<Inserted> = sqlx::query_as(
         r#"
@@ -148,7 +155,7 @@ async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<I
         SELECT id, created_at FROM ins
         "#,
     )
-    .bind(commands.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|c| c.id).collect::<Vec<_>>())
     .bind(
         commands
             .iter()
@@ -173,8 +180,8 @@ async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<I
             .map(|c| c.method.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind(commands.iter().map(|c| c.path.as_str()).collect::<Vec<_>>())
-    .bind(commands.iter().map(|c| Json(&c.params)).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|c| Json(&c.params)).collect::<Vec<_>>())
     .bind(
         commands
             .iter()

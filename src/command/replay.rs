@@ -15,6 +15,26 @@ use uuid::Uuid;
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, Problem};
 use crate::outbox::{replay_dead_letters, ReplayFilter};
+
+async fn replay_dead_letters_pending(
+    pool: &sqlx::PgPool,
+    filter: &ReplayFilter,
+) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN commands c ON c.id = d.command_id
+          WHERE d.status = 'dead_lettered'
+            AND ($1::text IS NULL OR c.integration = $1)
+            AND ($2::text IS NULL OR d.client_id = $2)
+            AND ($3::timestamptz IS NULL OR d.dead_lettered_at >= $3)
+            AND ($4::timestamptz IS NULL OR d.dead_lettered_at < $4))",
+    )
+    .bind(filter.integration.as_deref())
+    .bind(filter.client_id.as_deref())
+    .bind(filter.since)
+    .bind(filter.until)
+    .fetch_one(pool)
+    .await?)
+}
 use crate::startup::WritePool;
 
 /// Answer of `POST /v1/dead-letters/{id}/replay`.
@@ -45,8 +65,15 @@ pub struct BulkReplayRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BulkReplayed {
     /// How many dead letters were re-enqueued.
-    pub replayed: usize,
+    pub replayed: i64,
+    /// More dead letters match: repeat the request to replay the next batch
+    /// (at most [`MAX_BULK_REPLAY`] per request, oldest first).
+    pub more: bool,
 }
+
+/// Most dead letters one bulk replay request re-enqueues, so one request never
+/// locks millions of rows or floods receivers at once.
+pub const MAX_BULK_REPLAY: i64 = 10_000;
 
 /// Re-enqueue one dead-lettered delivery.
 #[utoipa::path(
@@ -69,8 +96,8 @@ pub async fn replay_one(
 ) -> Result<HttpResponse, ApiError> {
     principal.require(&[Role::Admin])?;
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::NotFound("no such delivery".into()))?;
-    let replayed = replay_dead_letters(&pool.0, Some(id), &ReplayFilter::default()).await?;
-    if replayed.is_empty() {
+    let replayed = replay_dead_letters(&pool.0, Some(id), &ReplayFilter::default(), 1).await?;
+    if replayed == 0 {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM deliveries WHERE id = $1")
                 .bind(id)
@@ -114,6 +141,12 @@ pub async fn replay_bulk(
     } else {
         super::parse_json(&body)?
     };
+    for (field, value) in [
+        ("integration", &request.integration),
+        ("client_id", &request.client_id),
+    ] {
+        crate::domain::reject_nul_param(field, value.as_deref())?;
+    }
     if let (Some(since), Some(until)) = (request.since, request.until) {
         if since >= until {
             return Err(ApiError::validation("until", "must be after `since`"));
@@ -125,9 +158,8 @@ pub async fn replay_bulk(
         since: request.since,
         until: request.until,
     };
-    let replayed = replay_dead_letters(&pool.0, None, &filter).await?;
-    tracing::info!(target: "hookrelay::command", admin = %principal.client_id, count = replayed.len(), "dead letters replayed");
-    Ok(HttpResponse::Accepted().json(BulkReplayed {
-        replayed: replayed.len(),
-    }))
+    let replayed = replay_dead_letters(&pool.0, None, &filter, MAX_BULK_REPLAY).await?;
+    let more = replayed == MAX_BULK_REPLAY && replay_dead_letters_pending(&pool.0, &filter).await?;
+    tracing::info!(target: "hookrelay::command", admin = %principal.client_id, count = replayed, more, "dead letters replayed");
+    Ok(HttpResponse::Accepted().json(BulkReplayed { replayed, more }))
 }

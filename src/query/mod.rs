@@ -269,6 +269,7 @@ pub async fn list_commands(
                 .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
         })
         .transpose()?;
+    crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
     let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
     let rows: Vec<StatusRow> = sqlx::query_as(&format!(
         r#"{STATUS_SELECT}

@@ -339,3 +339,44 @@ async fn receiver_retry_after_is_honoured_and_capped() {
         "capped wait: {gap:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_bytes_from_vendor_and_receiver_do_not_wedge_the_pipeline() {
+    let app = spawn_app().await;
+    // JSON with an escaped NUL, which Postgres jsonb refuses as is.
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(r#"{"note":"a\u0000b"}"#, "application/json"),
+        )
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    // A receiver answering a binary body with NUL bytes, once, then 200.
+    app.receiver.script(&[500]);
+    app.receiver.body(b"bin\0ary\xff");
+    let resp = app
+        .post_command(&token, &app.command("1", json!({})), None)
+        .await;
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(10), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["result"]["body"]["note"], "a\u{FFFD}b");
+    assert_eq!(doc["callback"]["status"], "delivered");
+    assert_eq!(doc["callback"]["attempts"], 2);
+    let attempts: Value = app
+        .get(&token, &format!("/v1/commands/{id}/attempts"))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        attempts["data"][0]["response_body"],
+        "bin\u{FFFD}ary\u{FFFD}"
+    );
+}

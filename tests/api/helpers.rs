@@ -63,6 +63,7 @@ struct ReceiverState {
     default_status: u16,
     delay: Duration,
     retry_after: Option<String>,
+    body: Option<Vec<u8>>,
     received: Vec<Received>,
 }
 
@@ -100,8 +101,12 @@ impl Respond for Verifier {
             raw_body: req.body.clone(),
         });
         let status = st.script.pop_front().unwrap_or(st.default_status);
+        let body = st
+            .body
+            .clone()
+            .unwrap_or_else(|| format!("receiver says {status}").into_bytes());
         let mut resp = ResponseTemplate::new(status)
-            .set_body_string(format!("receiver says {status}"))
+            .set_body_raw(body, "text/plain")
             .set_delay(st.delay);
         if let (Some(ra), false) = (&st.retry_after, (200..300).contains(&status)) {
             resp = resp.insert_header("retry-after", ra.as_str());
@@ -143,6 +148,11 @@ impl TestReceiver {
     /// Answer these statuses first, in order.
     pub fn script(&self, statuses: &[u16]) {
         self.state.lock().expect("lock").script.extend(statuses);
+    }
+
+    /// Answer with this body (raw bytes) instead of `receiver says <status>`.
+    pub fn body(&self, body: &[u8]) {
+        self.state.lock().expect("lock").body = Some(body.to_vec());
     }
 
     /// Send this `Retry-After` with every non-2xx answer.
