@@ -16,6 +16,10 @@
 //!   process-equivalent drains them; reports deliveries/s.
 //! - `--mode claim --history N`: claim latency (64 ready jobs) as finished
 //!   history grows from 0 to N commands (with deliveries and attempts).
+//! - `--mode policy --commands N`: overhead of the resilience policy on a
+//!   healthy upstream: N commands through a pass-through integration, then N
+//!   through one with breaker, adaptive throttle, a (non-binding) rate limit
+//!   and an in-flight cap; commands/s and p99 upstream-call latency of each.
 //!
 //! The receiver is one host, so `delivery.max_in_flight_per_host` is raised to
 //! the dispatcher concurrency: these modes measure the pipeline, not the limit.
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         "e2e" => runtime.block_on(run(args)),
         "drain" => runtime.block_on(drain(args)),
         "claim" => runtime.block_on(claim_latency(args)),
+        "policy" => runtime.block_on(policy_overhead(args)),
         other => anyhow::bail!("unknown --mode {other} (e2e, drain, claim)"),
     }
 }
@@ -590,6 +595,117 @@ async fn claim_latency(args: Args) -> anyhow::Result<()> {
             percentile(&times, 99.0).as_secs_f64() * 1e3
         );
     }
+    pool.close().await;
+    drop_database(&pg, &settings).await
+}
+
+/// `--mode policy`: the same load through a pass-through integration and
+/// through one with the whole policy on, in one process run.
+async fn policy_overhead(args: Args) -> anyhow::Result<()> {
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let (upstream_port, receiver_port) = start_peers(arrivals.clone()).await?;
+    let (mut settings, pg) = bench_settings(&args, upstream_port)?;
+    let mut raw = settings.integrations["bench"].clone();
+    raw.breaker.enabled = false;
+    raw.throttle.adaptive = false;
+    raw.throttle.rate_per_s = 0;
+    raw.throttle.max_in_flight = 0;
+    let mut guarded = settings.integrations["bench"].clone();
+    guarded.breaker.enabled = true;
+    guarded.throttle.adaptive = true;
+    guarded.throttle.rate_per_s = 1_000_000;
+    guarded.throttle.burst = 10_000;
+    guarded.throttle.max_in_flight = 4_096;
+    settings.integrations.insert("raw".into(), raw);
+    settings.integrations.insert("guarded".into(), guarded);
+    let settings = settings.validate()?;
+    let token = JwtKeys::new(&settings.auth).mint("bench", &["client".to_owned()], 3600)?;
+    let admin = JwtKeys::new(&settings.auth).mint("ops", &["admin".to_owned()], 3600)?;
+    let app = Application::build(settings.clone(), ServeRole::All).await?;
+    let port = app.port().unwrap_or(0);
+    let pool = app.pool().clone();
+    let stop = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let callback = format!("http://127.0.0.1:{receiver_port}/hooks");
+
+    println!("hookrelay resilience policy overhead");
+    println!("  machine            {}", machine());
+    println!(
+        "  commands per phase {} (client concurrency {})",
+        args.commands, args.concurrency
+    );
+    for (round, integration) in ["raw", "guarded", "raw", "guarded"].into_iter().enumerate() {
+        arrivals.lock().expect("lock").clear();
+        let started = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut clients = Vec::new();
+        for _ in 0..args.concurrency {
+            let (client, base, token, callback, next) = (
+                client.clone(),
+                base.clone(),
+                token.clone(),
+                callback.clone(),
+                next.clone(),
+            );
+            let total = args.commands;
+            clients.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= total {
+                        return anyhow::Ok(());
+                    }
+                    let body = json!({"integration": integration, "operation": "create",
+                                      "params": {"id": format!("{round}-{i}")}, "body": {"n": i},
+                                      "callback_url": callback});
+                    client
+                        .post(format!("{base}/v1/commands"))
+                        .bearer_auth(&token)
+                        .json(&body)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                }
+            }));
+        }
+        for c in clients {
+            c.await??;
+        }
+        while arrivals.lock().expect("lock").len() < args.commands {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = started.elapsed();
+        let view: Value = client
+            .get(format!("{base}/v1/admin/integrations"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let p99 = view["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == integration))
+            .and_then(|i| i["p99_ms"].as_f64())
+            .unwrap_or(f64::NAN);
+        let p50 = view["data"]
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["name"] == integration))
+            .and_then(|i| i["p50_ms"].as_f64())
+            .unwrap_or(f64::NAN);
+        println!(
+            "  round {} {:<8} {:>6.0} commands/s end to end, upstream call p50 {:.2} ms, p99 {:.2} ms (last 1024 calls)",
+            round + 1,
+            integration,
+            args.commands as f64 / took.as_secs_f64(),
+            p50,
+            p99
+        );
+    }
+    stop.cancel();
+    let _ = task.await;
     pool.close().await;
     drop_database(&pg, &settings).await
 }
