@@ -345,6 +345,7 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
                 .or_else(|| result.status_code.map(|s| format!("HTTP {s}")))
                 .unwrap_or_default();
             tracing::info!(target: "hookrelay::command", %error, delay_ms = delay.as_millis() as u64, "upstream call failed; retrying");
+            crate::metrics::upstream_retry(&job.integration, &job.operation);
             let done = outbox::retry_execute(&ctx.pool, job, delay, &error).await?;
             ctx.wake.notify_one();
             Ok(done)
@@ -461,6 +462,10 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         }
     };
     tracing::debug!(webhook_id = %webhook_id, status = ?outcome.response_status, next = ?next, "callback attempt");
+    crate::metrics::delivery_attempt(
+        next.metric_outcome(),
+        f64::from(outcome.duration_ms) / 1000.0,
+    );
     if let AfterAttempt::DeadLettered(reason) = next {
         tracing::warn!(webhook_id = %webhook_id, reason, error = ?outcome.error, "delivery dead-lettered");
     }

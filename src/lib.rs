@@ -19,6 +19,7 @@
 //! | [`outbox`] | the `jobs` table: claim with leases, conditional outcome writes |
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
+//! | [`metrics`] | Prometheus metrics (upstream calls, circuit breaker, deliveries), `GET /metrics` |
 //! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
 //! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage, rotation |
@@ -40,6 +41,7 @@ pub mod health;
 pub mod http_util;
 pub mod integration;
 pub mod maintenance;
+pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod query;

@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         crate::command::replay::replay_bulk,
         crate::health::healthz,
         crate::health::readyz,
+        crate::metrics::metrics_page,
         openapi_json,
     ),
     modifiers(&BearerAuth),
@@ -27,7 +28,7 @@ use utoipa::{Modify, OpenApi};
         (name = "commands", description = "Send commands and read their status"),
         (name = "signing", description = "Webhook signing secrets"),
         (name = "dead-letters", description = "Inspect and replay dead-lettered deliveries (admin)"),
-        (name = "operations", description = "Probes and API description"),
+        (name = "operations", description = "Probes, metrics and API description"),
     )
 )]
 pub struct ApiDoc;

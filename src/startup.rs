@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -85,6 +86,8 @@ impl Application {
                  signing secrets sealed with it are not protected at rest. Set your own before production use"
             );
         }
+        // Before anything records: the recorder is process-global.
+        let metrics = crate::metrics::install();
         let sealer = Arc::new(
             SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
                 .context("security.signing_key_encryption_keys")?,
@@ -139,6 +142,7 @@ impl Application {
                 read,
                 intake,
                 sealer,
+                metrics,
             )?;
             (Some(port), Some(server), writers)
         } else {
@@ -252,6 +256,7 @@ fn http_server(
     read: PgPool,
     intake: Intake,
     sealer: Arc<SecretSealer>,
+    metrics: PrometheusHandle,
 ) -> anyhow::Result<Server> {
     let keys = web::Data::new(JwtKeys::new(&settings.auth));
     let settings_data = web::Data::new(settings.clone());
@@ -259,6 +264,7 @@ fn http_server(
     let read_pool = web::Data::new(ReadPool(read));
     let intake = web::Data::new(intake);
     let sealer = web::Data::from(sealer);
+    let metrics = web::Data::new(metrics);
     let mut server = HttpServer::new(move || {
         App::new()
             .wrap(TracingLogger::<RootSpan>::new())
@@ -268,12 +274,14 @@ fn http_server(
             .app_data(read_pool.clone())
             .app_data(intake.clone())
             .app_data(sealer.clone())
+            .app_data(metrics.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .configure(crate::command::routes)
             .configure(crate::query::routes)
             .configure(crate::health::routes)
             .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
+            .route("/metrics", web::get().to(crate::metrics::metrics_page))
             .default_service(web::to(not_found))
     })
     .listen(listener)?
