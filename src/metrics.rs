@@ -273,6 +273,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn alert_rules_use_only_exported_series() {
+        let known = [
+            UPSTREAM_REQUESTS,
+            UPSTREAM_DURATION,
+            UPSTREAM_RETRIES,
+            UPSTREAM_THROTTLED,
+            BREAKER_STATE,
+            BREAKER_TRANSITIONS,
+            FALLBACKS,
+            DELIVERY_ATTEMPTS,
+            DELIVERY_DURATION,
+        ];
+        let rules = include_str!("../docs/alerts.yml");
+        let used: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("hookrelay_"))
+            .collect();
+        assert!(used.len() >= 5, "{used:?}");
+        for series in used {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| series.strip_suffix(suffix))
+                .filter(|base| [UPSTREAM_DURATION, DELIVERY_DURATION].contains(base))
+                .unwrap_or(series);
+            assert!(
+                known.contains(&base),
+                "docs/alerts.yml uses unknown series {series}"
+            );
+        }
+    }
+
+    #[test]
     fn install_twice_gives_one_registry() {
         let first = install();
         let second = install();
