@@ -667,6 +667,10 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         }
     };
     tracing::debug!(webhook_id = %webhook_id, status = ?outcome.response_status, next = ?next, "callback attempt");
+    crate::metrics::delivery_attempt(
+        next.metric_outcome(),
+        f64::from(outcome.duration_ms) / 1000.0,
+    );
     if let AfterAttempt::DeadLettered(reason) = next {
         tracing::warn!(webhook_id = %webhook_id, reason, error = ?outcome.error, "delivery dead-lettered");
     }

@@ -198,6 +198,17 @@ pub enum CallOutcome {
     },
 }
 
+impl CallOutcome {
+    /// The `outcome` label of `hookrelay_upstream_requests_total`.
+    pub fn metric_outcome(&self) -> &'static str {
+        match self {
+            CallOutcome::Succeeded(_) => "success",
+            CallOutcome::Rejected(_) => "rejected",
+            CallOutcome::Retryable { .. } => "retryable",
+        }
+    }
+}
+
 /// One configured integration with its HTTP client.
 pub struct Integration {
     /// The `[integrations.NAME]` key.
@@ -350,6 +361,12 @@ impl Integration {
             span.record("status", code);
         }
         tracing::debug!(target: "hookrelay::command", "upstream call finished");
+        crate::metrics::upstream_call(
+            &self.name,
+            req.operation,
+            outcome.metric_outcome(),
+            duration.as_secs_f64(),
+        );
         Called {
             outcome,
             vendor,

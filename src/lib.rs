@@ -19,6 +19,7 @@
 //! | [`outbox`] | the `jobs` table: claim with leases, conditional outcome writes |
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
+//! | [`metrics`] | Prometheus metrics (upstream calls, circuit breaker, deliveries), `GET /metrics` |
 //! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
 //! | [`resilience`] | per-integration throttle (GCRA, in-flight, vendor headers), circuit breaker, retry budget |
 //! | [`admin`] | admin diagnostics: `GET /v1/admin/integrations` |

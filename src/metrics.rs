@@ -1,17 +1,344 @@
-//! Prometheus metrics (placeholder with the final API; the recorder and
-//! `/metrics` endpoint land with the diagnostics work).
+//! Prometheus metrics for upstream calls, the resilience policy and webhook
+//! deliveries, served at `GET /metrics`.
+//!
+//! Recording goes through the [`metrics`] facade; the process-global recorder
+//! is `metrics-exporter-prometheus`, installed once by [`install`] (which
+//! [`crate::startup::Application::build`] calls). Until it is installed every
+//! recording function is a no-op, so library code and unit tests may call them
+//! freely. The functions below are the only place metric names and labels are
+//! spelled; callers pass label values, never build series themselves.
+//!
+//! # Series
+//!
+//! | series | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `hookrelay_upstream_requests_total` | counter | `integration`, `operation`, `outcome` | upstream calls by how they ended ([`upstream_call`]) |
+//! | `hookrelay_upstream_request_duration_seconds` | histogram | `integration`, `operation` | wall time of upstream calls that were made |
+//! | `hookrelay_upstream_retries_total` | counter | `integration`, `operation` | execute jobs rescheduled after a retryable failure |
+//! | `hookrelay_upstream_throttled_total` | counter | `integration`, `reason` | calls held back by the throttle |
+//! | `hookrelay_circuit_breaker_state` | gauge | `integration`, `state` | 1 for the breaker's current state, 0 for the other two |
+//! | `hookrelay_circuit_breaker_transitions_total` | counter | `integration`, `from`, `to` | breaker state changes |
+//! | `hookrelay_fallbacks_total` | counter | `integration`, `operation` | calls answered by a fallback |
+//! | `hookrelay_delivery_attempts_total` | counter | `outcome` | webhook attempts by what follows them |
+//! | `hookrelay_delivery_attempt_duration_seconds` | histogram | — | wall time of webhook attempts |
+//!
+//! Histograms use the buckets of [`DURATION_BUCKETS`] (5 ms … 30 s), which
+//! cover the default upstream timeout (10 s) and callback timeout (15 s).
+//!
+//! Label values come from configuration (integration and operation names) or
+//! from the fixed vocabularies documented on each function, so the number of
+//! series is bounded by the configuration; never pass ids, URLs or client names.
 
-/// Counts an upstream call by outcome.
-pub fn upstream_call(_integration: &str, _operation: &str, _outcome: &str, _seconds: f64) {}
-/// Counts a retried upstream call.
-pub fn upstream_retry(_integration: &str, _operation: &str) {}
-/// Counts a throttled call by reason.
-pub fn throttled(_integration: &str, _reason: &str) {}
-/// Sets the breaker state gauge.
-pub fn breaker_state(_integration: &str, _state: &str) {}
-/// Counts a breaker transition.
-pub fn breaker_transition(_integration: &str, _from: &str, _to: &str) {}
-/// Counts a fallback answer.
-pub fn fallback_used(_integration: &str, _operation: &str) {}
-/// Counts a delivery attempt by outcome.
-pub fn delivery_attempt(_outcome: &str, _seconds: f64) {}
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Upstream calls by outcome (counter).
+pub const UPSTREAM_REQUESTS: &str = "hookrelay_upstream_requests_total";
+/// Upstream call wall time, seconds (histogram).
+pub const UPSTREAM_DURATION: &str = "hookrelay_upstream_request_duration_seconds";
+/// Execute jobs rescheduled after a retryable failure (counter).
+pub const UPSTREAM_RETRIES: &str = "hookrelay_upstream_retries_total";
+/// Calls held back by the throttle (counter).
+pub const UPSTREAM_THROTTLED: &str = "hookrelay_upstream_throttled_total";
+/// Circuit breaker state, one series per state (gauge).
+pub const BREAKER_STATE: &str = "hookrelay_circuit_breaker_state";
+/// Circuit breaker state changes (counter).
+pub const BREAKER_TRANSITIONS: &str = "hookrelay_circuit_breaker_transitions_total";
+/// Calls answered by a fallback (counter).
+pub const FALLBACKS: &str = "hookrelay_fallbacks_total";
+/// Webhook attempts by outcome (counter).
+pub const DELIVERY_ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
+/// Webhook attempt wall time, seconds (histogram).
+pub const DELIVERY_DURATION: &str = "hookrelay_delivery_attempt_duration_seconds";
+
+/// Histogram bucket upper bounds, seconds: 5 ms to 30 s, roughly ×2–2.5 apart.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The circuit breaker states, as the `state` label spells them.
+const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+/// How often buffered histogram samples are folded into their buckets when
+/// nothing scrapes `/metrics` (a scrape does it too), so memory stays bounded.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-global Prometheus recorder (once) and returns its
+/// handle. Later calls return the same handle: tests build many applications
+/// in one process, and a second `install` must neither panic nor split the
+/// series between two registries.
+///
+/// The first call also starts a small background thread that runs the
+/// exporter's upkeep every 5 s (a thread, not a Tokio task, so it outlives
+/// the runtime that happened to call `install` first).
+///
+/// If some other recorder was installed before (not by hookrelay), the
+/// returned handle renders an empty page and a warning is logged.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let handle = match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(e) => {
+                    tracing::warn!(error = %e, "another metrics recorder is installed; /metrics stays empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the metrics upkeep thread; scrapes still fold histogram samples");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// `# HELP` texts and units of every series.
+fn describe() {
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Upstream calls by outcome: success, rejected (final failure), retryable, throttled, open (circuit breaker), fallback."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        metrics::Unit::Seconds,
+        "Wall time of upstream calls that reached the network, from send to the end of the body."
+    );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Execute jobs rescheduled after a retryable upstream failure."
+    );
+    describe_counter!(
+        UPSTREAM_THROTTLED,
+        "Upstream calls held back by the throttle, by reason: rate, in_flight, vendor (upstream rate-limit headers), budget (retry budget)."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state per integration: 1 for the current state (closed, open, half_open), 0 for the others."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit breaker state changes, by from and to state."
+    );
+    describe_counter!(FALLBACKS, "Upstream calls answered by a fallback.");
+    describe_counter!(
+        DELIVERY_ATTEMPTS,
+        "Webhook delivery attempts by what follows them: delivered, retry, dead_lettered."
+    );
+    describe_histogram!(
+        DELIVERY_DURATION,
+        metrics::Unit::Seconds,
+        "Wall time of webhook delivery attempts."
+    );
+}
+
+/// One upstream call ended. Counts `hookrelay_upstream_requests_total` and,
+/// for calls that reached the network, observes
+/// `hookrelay_upstream_request_duration_seconds`.
+///
+/// `outcome`: `"success"` (2xx), `"rejected"` (final failure), `"retryable"`
+/// (5xx, 408, 429, timeout, connection error), `"throttled"` (held back, not
+/// sent), `"open"` (refused by the open circuit breaker, not sent),
+/// `"fallback"` (answered by a fallback). Pass `seconds = 0.0` for calls that
+/// were not sent; no duration is observed for `throttled` and `open`, so the
+/// histogram only describes real round trips.
+pub fn upstream_call(integration: &str, operation: &str, outcome: &str, seconds: f64) {
+    counter!(
+        UPSTREAM_REQUESTS,
+        "integration" => integration.to_owned(),
+        "operation" => operation.to_owned(),
+        "outcome" => outcome.to_owned(),
+    )
+    .increment(1);
+    if !matches!(outcome, "throttled" | "open") {
+        histogram!(
+            UPSTREAM_DURATION,
+            "integration" => integration.to_owned(),
+            "operation" => operation.to_owned(),
+        )
+        .record(seconds);
+    }
+}
+
+/// An execute job was rescheduled after a retryable failure
+/// (`hookrelay_upstream_retries_total`).
+pub fn upstream_retry(integration: &str, operation: &str) {
+    counter!(
+        UPSTREAM_RETRIES,
+        "integration" => integration.to_owned(),
+        "operation" => operation.to_owned(),
+    )
+    .increment(1);
+}
+
+/// A call was held back by the throttle (`hookrelay_upstream_throttled_total`).
+///
+/// `reason`: `"rate"` (our rate limit), `"in_flight"` (concurrency limit),
+/// `"vendor"` (the upstream's rate-limit headers), `"budget"` (retry budget).
+pub fn throttled(integration: &str, reason: &str) {
+    counter!(
+        UPSTREAM_THROTTLED,
+        "integration" => integration.to_owned(),
+        "reason" => reason.to_owned(),
+    )
+    .increment(1);
+}
+
+/// Sets `hookrelay_circuit_breaker_state`: 1 for `state`, 0 for the other
+/// states, so `…{state="open"} == 1` selects open breakers.
+///
+/// `state`: `"closed"`, `"open"` or `"half_open"`. (Another value gets its own
+/// series set to 1, so a mistake shows up instead of vanishing.)
+pub fn breaker_state(integration: &str, state: &str) {
+    for s in BREAKER_STATES {
+        gauge!(
+            BREAKER_STATE,
+            "integration" => integration.to_owned(),
+            "state" => s,
+        )
+        .set(if s == state { 1.0 } else { 0.0 });
+    }
+    if !BREAKER_STATES.contains(&state) {
+        gauge!(
+            BREAKER_STATE,
+            "integration" => integration.to_owned(),
+            "state" => state.to_owned(),
+        )
+        .set(1.0);
+    }
+}
+
+/// The breaker of `integration` went from `from` to `to`
+/// (`hookrelay_circuit_breaker_transitions_total`); states as in
+/// [`breaker_state`]. Callers also call [`breaker_state`] with `to`.
+pub fn breaker_transition(integration: &str, from: &str, to: &str) {
+    counter!(
+        BREAKER_TRANSITIONS,
+        "integration" => integration.to_owned(),
+        "from" => from.to_owned(),
+        "to" => to.to_owned(),
+    )
+    .increment(1);
+}
+
+/// A call was answered by a fallback (`hookrelay_fallbacks_total`).
+pub fn fallback_used(integration: &str, operation: &str) {
+    counter!(
+        FALLBACKS,
+        "integration" => integration.to_owned(),
+        "operation" => operation.to_owned(),
+    )
+    .increment(1);
+}
+
+/// One webhook attempt ended: counts `hookrelay_delivery_attempts_total` and
+/// observes `hookrelay_delivery_attempt_duration_seconds`.
+///
+/// `outcome` is what follows the attempt: `"delivered"` (2xx), `"retry"`
+/// (scheduled again), `"dead_lettered"` (410 Gone, or the schedule is
+/// exhausted).
+pub fn delivery_attempt(outcome: &str, seconds: f64) {
+    counter!(DELIVERY_ATTEMPTS, "outcome" => outcome.to_owned()).increment(1);
+    histogram!(DELIVERY_DURATION).record(seconds);
+}
+
+/// The metrics page, served without authentication.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format (version 0.0.4)",
+        body = String, content_type = "text/plain")))]
+pub async fn metrics_page(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(handle.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_rules_use_only_exported_series() {
+        let known = [
+            UPSTREAM_REQUESTS,
+            UPSTREAM_DURATION,
+            UPSTREAM_RETRIES,
+            UPSTREAM_THROTTLED,
+            BREAKER_STATE,
+            BREAKER_TRANSITIONS,
+            FALLBACKS,
+            DELIVERY_ATTEMPTS,
+            DELIVERY_DURATION,
+        ];
+        let rules = include_str!("../docs/alerts.yml");
+        let used: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("hookrelay_"))
+            .collect();
+        assert!(used.len() >= 5, "{used:?}");
+        for series in used {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| series.strip_suffix(suffix))
+                .filter(|base| [UPSTREAM_DURATION, DELIVERY_DURATION].contains(base))
+                .unwrap_or(series);
+            assert!(
+                known.contains(&base),
+                "docs/alerts.yml uses unknown series {series}"
+            );
+        }
+    }
+
+    #[test]
+    fn install_twice_gives_one_registry() {
+        let first = install();
+        let second = install();
+        upstream_call("unit_test_int", "op", "success", 0.012);
+        upstream_call("unit_test_int", "op", "open", 0.0);
+        breaker_state("unit_test_int", "half_open");
+        delivery_attempt("delivered", 0.2);
+        let page = second.render();
+        // Same registry: the same samples (the order of series is not fixed).
+        let sorted = |page: String| {
+            let mut lines: Vec<String> = page.lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(page.clone()), sorted(first.render()));
+        assert!(page.contains("hookrelay_upstream_requests_total{integration=\"unit_test_int\",operation=\"op\",outcome=\"success\"} 1"), "{page}");
+        assert!(page.contains("hookrelay_upstream_requests_total{integration=\"unit_test_int\",operation=\"op\",outcome=\"open\"} 1"), "{page}");
+        assert!(page.contains("hookrelay_upstream_request_duration_seconds_bucket{integration=\"unit_test_int\",operation=\"op\",le=\"0.025\"} 1"), "{page}");
+        // The refused call is not a round trip: one observation, not two.
+        assert!(page.contains("hookrelay_upstream_request_duration_seconds_count{integration=\"unit_test_int\",operation=\"op\"} 1"), "{page}");
+        assert!(page.contains("hookrelay_circuit_breaker_state{integration=\"unit_test_int\",state=\"half_open\"} 1"), "{page}");
+        assert!(
+            page.contains(
+                "hookrelay_circuit_breaker_state{integration=\"unit_test_int\",state=\"open\"} 0"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("hookrelay_delivery_attempt_duration_seconds_bucket{le=\"30\"}"),
+            "{page}"
+        );
+        assert!(
+            page.contains("# HELP hookrelay_delivery_attempts_total"),
+            "{page}"
+        );
+    }
+}

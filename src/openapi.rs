@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         crate::admin::integrations,
         crate::health::healthz,
         crate::health::readyz,
+        crate::metrics::metrics_page,
         openapi_json,
     ),
     modifiers(&BearerAuth),
@@ -28,7 +29,7 @@ use utoipa::{Modify, OpenApi};
         (name = "commands", description = "Send commands and read their status"),
         (name = "signing", description = "Webhook signing secrets"),
         (name = "dead-letters", description = "Inspect and replay dead-lettered deliveries (admin)"),
-        (name = "operations", description = "Probes and API description"),
+        (name = "operations", description = "Probes, metrics and API description"),
     )
 )]
 pub struct ApiDoc;

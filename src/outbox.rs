@@ -275,6 +275,17 @@ pub enum AfterAttempt {
     RetryIn(Duration),
 }
 
+impl AfterAttempt {
+    /// The `outcome` label of `hookrelay_delivery_attempts_total`.
+    pub fn metric_outcome(&self) -> &'static str {
+        match self {
+            AfterAttempt::Delivered => "delivered",
+            AfterAttempt::DeadLettered(_) => "dead_lettered",
+            AfterAttempt::RetryIn(_) => "retry",
+        }
+    }
+}
+
 /// A delivery attempt, to be recorded by [`attempt_batch`].
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {

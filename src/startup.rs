@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -87,6 +88,8 @@ impl Application {
                  signing secrets sealed with it are not protected at rest. Set your own before production use"
             );
         }
+        // Before anything records: the recorder is process-global.
+        let metrics = crate::metrics::install();
         let sealer = Arc::new(
             SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
                 .context("security.signing_key_encryption_keys")?,
@@ -146,11 +149,14 @@ impl Application {
             let server = http_server(
                 listener,
                 settings.clone(),
-                primary.clone(),
-                read,
-                intake,
-                sealer,
-                policies.clone(),
+                HttpState {
+                    primary: primary.clone(),
+                    read,
+                    intake,
+                    sealer,
+                    policies: policies.clone(),
+                    metrics,
+                },
             )?;
             (Some(port), Some(server), writers)
         } else {
@@ -263,15 +269,29 @@ async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-fn http_server(
-    listener: TcpListener,
-    settings: Arc<Settings>,
+/// What the HTTP handlers share, besides the settings.
+struct HttpState {
     primary: PgPool,
     read: PgPool,
     intake: Intake,
     sealer: Arc<SecretSealer>,
     policies: Arc<Policies>,
+    metrics: PrometheusHandle,
+}
+
+fn http_server(
+    listener: TcpListener,
+    settings: Arc<Settings>,
+    state: HttpState,
 ) -> anyhow::Result<Server> {
+    let HttpState {
+        primary,
+        read,
+        intake,
+        sealer,
+        policies,
+        metrics,
+    } = state;
     let policies = web::Data::new(policies);
     let keys = web::Data::new(JwtKeys::new(&settings.auth));
     let settings_data = web::Data::new(settings.clone());
@@ -279,6 +299,7 @@ fn http_server(
     let read_pool = web::Data::new(ReadPool(read));
     let intake = web::Data::new(intake);
     let sealer = web::Data::from(sealer);
+    let metrics = web::Data::new(metrics);
     let mut server = HttpServer::new(move || {
         App::new()
             .wrap(TracingLogger::<RootSpan>::new())
@@ -289,6 +310,7 @@ fn http_server(
             .app_data(intake.clone())
             .app_data(sealer.clone())
             .app_data(policies.clone())
+            .app_data(metrics.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .configure(crate::command::routes)
@@ -296,6 +318,7 @@ fn http_server(
             .configure(crate::health::routes)
             .configure(crate::admin::routes)
             .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
+            .route("/metrics", web::get().to(crate::metrics::metrics_page))
             .default_service(web::to(not_found))
     })
     .listen(listener)?

@@ -8,6 +8,7 @@ mod dead_letters;
 mod failures;
 mod helpers;
 mod maintenance;
+mod metrics;
 mod operations;
 mod pipeline;
 mod processes;

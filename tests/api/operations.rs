@@ -43,6 +43,7 @@ async fn probes_openapi_and_unknown_routes() {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
+        ("/metrics", "get"),
     ] {
         assert!(
             doc["paths"][path][verb].is_object(),

@@ -1,0 +1,233 @@
+//! Secrets never appear in logs.
+//!
+//! A test binary of its own, because the global `tracing` subscriber can be
+//! installed once per process: this one installs a subscriber that writes
+//! everything, at TRACE for every target (hookrelay, reqwest, hyper, sqlx,
+//! actix, rustls; `log` records included through tracing-log), into a buffer
+//! before the application starts, so `hookrelay::telemetry::init` finds it in
+//! place and leaves it. The test then drives a command through an integration
+//! with a credential header, retries on both sides, a 403, a secret rotation
+//! and a failed database connection, and searches the captured output for
+//! every secret it handed to the application.
+
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use hookrelay::startup::{Application, ServeRole};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
+use wiremock::matchers::{header, method};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use helpers::{settled, spawn_with_settings, test_settings, Echo};
+
+/// The captured log output of this process.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Installs the capturing subscriber (once) and returns its buffer.
+fn logs() -> &'static Captured {
+    static LOGS: OnceLock<Captured> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("trace"))
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .try_init()
+            .expect("the capturing subscriber is the first in this process");
+        logs
+    })
+}
+
+/// The random part of a secret, so it cannot appear by chance.
+fn unique() -> String {
+    Uuid::new_v4().simple().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs() {
+    let logs = logs();
+
+    let credential = format!("Bearer vendor-cred-{}", unique());
+    std::env::set_var("HOOKRELAY_TEST_REDACTION_TOKEN", &credential);
+    let db_password = format!("dbpw-{}", unique());
+    let jwt_secret = format!("jwt-secret-{}", unique());
+    let sealing_key =
+        base64::engine::general_purpose::STANDARD.encode(Uuid::new_v4().as_bytes().repeat(2));
+
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    // Trust auth ignores the password, so the test database accepts it.
+    let mut url = url::Url::parse(&format!(
+        "{}/hookrelay_test_{}",
+        helpers::pg_base(),
+        unique()
+    ))
+    .expect("database url");
+    url.set_password(Some(&db_password)).expect("password");
+    settings.database.url = SecretString::from(url.to_string());
+    settings.auth.jwt_secret = SecretString::from(jwt_secret.clone());
+    settings.security.signing_key_encryption_keys =
+        vec![SecretString::from(format!("k1:{sealing_key}"))];
+    settings
+        .integrations
+        .get_mut("httpbin")
+        .expect("httpbin")
+        .credential = Some(hookrelay::config::CredentialSettings {
+        header: "Authorization".into(),
+        value_env: "HOOKRELAY_TEST_REDACTION_TOKEN".into(),
+        value: None,
+    });
+    let app = spawn_with_settings(settings, upstream, ServeRole::All).await;
+
+    // The upstream fails once (a retry is logged), then answers; both calls
+    // must carry the credential.
+    Mock::given(method("POST"))
+        .and(header("authorization", credential.as_str()))
+        .respond_with(ResponseTemplate::new(503).set_body_string("busy"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(header("authorization", credential.as_str()))
+        .respond_with(Echo::new(200))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let token = app.token("acme", &["client"]);
+    let signing_secret = app.trust_client(&token).await;
+    // The receiver fails the first callback: a retried delivery is logged too.
+    app.receiver.script(&[500]);
+    let resp = app
+        .post_command(&token, &app.command("42", json!({"x": 1})), None)
+        .await;
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["callback"]["status"], "delivered", "{doc}");
+    assert!(app.receiver.received().len() >= 2);
+
+    // A 4xx answer is logged by the request middleware, with the token sent.
+    assert_eq!(app.get(&token, "/v1/dead-letters").await.status(), 403);
+    // A rotation is logged; neither the old nor the new secret may be.
+    let rotated: Value = app
+        .post(&token, "/v1/signing-secret/rotate")
+        .await
+        .json()
+        .await
+        .expect("rotate json");
+    let new_secret = rotated["secret"].as_str().expect("new secret").to_owned();
+
+    // An unreachable database: the error and its logs mask the password.
+    let mut down = test_settings("http://127.0.0.1:9");
+    let mut url = url::Url::parse("postgres://postgres@127.0.0.1:9/hookrelay").expect("url");
+    url.set_password(Some(&db_password)).expect("password");
+    down.database.url = SecretString::from(url.to_string());
+    down.database.acquire_timeout_ms = 500;
+    let err = match Application::build(down.validate().expect("valid"), ServeRole::All).await {
+        Ok(_) => panic!("nothing listens on port 9"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("postgres:***@127.0.0.1:9"), "{err}");
+    assert!(
+        !err.contains(&db_password),
+        "the database password is in the error: {err}"
+    );
+
+    app.upstream.verify().await;
+    drop(app);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let text = logs.text();
+    // The capture works and covers what matters: our upstream call and
+    // callback spans, and the HTTP client and server internals.
+    for expected in [
+        "upstream call finished",
+        "upstream call failed; retrying",
+        "callback attempt",
+        "signing secret rotated",
+        "hookrelay::db",
+        "sqlx::query",
+        "hyper_util",
+        "reqwest",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the captured log lacks {expected:?}; is the capture working?"
+        );
+    }
+    let signing_key = signing_secret
+        .strip_prefix("whsec_")
+        .expect("whsec_ prefix");
+    let new_signing_key = new_secret.strip_prefix("whsec_").expect("whsec_ prefix");
+    let jwt_signature = token.rsplit('.').next().expect("jwt signature");
+    let credential_token = credential.strip_prefix("Bearer ").expect("bearer");
+    for (what, secret) in [
+        ("the integration credential", credential.as_str()),
+        ("the integration credential's token", credential_token),
+        ("the client's JWT", token.as_str()),
+        ("the client's JWT signature", jwt_signature),
+        ("the JWT secret", jwt_secret.as_str()),
+        ("the signing secret", signing_secret.as_str()),
+        ("the signing secret's key", signing_key),
+        ("the rotated signing secret's key", new_signing_key),
+        ("the signing-secret encryption key", sealing_key.as_str()),
+        ("the database password", db_password.as_str()),
+    ] {
+        if let Some(at) = text.find(secret) {
+            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            panic!(
+                "{what} appears in the log ({} bytes captured):\n{}",
+                text.len(),
+                &text[line_start..line_end]
+            );
+        }
+    }
+}
