@@ -453,6 +453,21 @@ pub struct FallbackSettings {
 pub struct QuerySettings {
     /// Path (GET).
     pub path: String,
+    /// Longest time a response is served from the cache, seconds; the
+    /// upstream's `Cache-Control`/`Expires` can only shorten it. 0 = never cached.
+    #[serde(default = "default_cache_ttl_s")]
+    pub cache_ttl_s: u64,
+    /// How long past freshness a cached response may still be served when the
+    /// upstream fails, is throttled or its breaker is open (stale-if-error), seconds.
+    #[serde(default = "default_stale_if_error_s")]
+    pub stale_if_error_s: u64,
+}
+
+fn default_cache_ttl_s() -> u64 {
+    60
+}
+fn default_stale_if_error_s() -> u64 {
+    300
 }
 
 impl Settings {

@@ -74,6 +74,25 @@ pub enum ApiError {
     /// 503: a dependency (database) is unavailable or saturated; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: the upstream's circuit breaker is open.
+    #[error("{detail}")]
+    UpstreamUnavailable {
+        /// Description.
+        detail: String,
+        /// Seconds until it may work again.
+        retry_after: String,
+    },
+    /// 429 with `Retry-After`: calls to the upstream are throttled.
+    #[error("{detail}")]
+    Throttled {
+        /// Description.
+        detail: String,
+        /// Seconds to wait.
+        retry_after: String,
+    },
+    /// 502: the upstream failed.
+    #[error("{0}")]
+    BadGateway(String),
     /// 500: anything unexpected; the cause is logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -99,6 +118,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
             ApiError::Validation { .. } => ("validation", "Invalid request"),
             ApiError::Unavailable(_) => ("unavailable", "Service unavailable"),
+            ApiError::UpstreamUnavailable { .. } => {
+                ("upstream-unavailable", "Upstream unavailable")
+            }
+            ApiError::Throttled { .. } => ("throttled", "Too many requests"),
+            ApiError::BadGateway(_) => ("bad-gateway", "Upstream failed"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
     }
@@ -155,7 +179,11 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::UpstreamUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -172,6 +200,10 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable(_) => {
                 resp.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            ApiError::UpstreamUnavailable { retry_after, .. }
+            | ApiError::Throttled { retry_after, .. } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after.as_str()));
             }
             _ => {}
         }

@@ -12,6 +12,7 @@
 //! budget) plugs in.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -375,6 +376,92 @@ impl Integration {
     }
 }
 
+/// The answer to an upstream query (GET).
+#[derive(Debug, Clone)]
+pub struct QueryResponse {
+    /// Upstream status.
+    pub status: u16,
+    /// `Content-Type`, if any.
+    pub content_type: Option<String>,
+    /// `Cache-Control`, if any.
+    pub cache_control: Option<String>,
+    /// `Expires`, if any.
+    pub expires: Option<String>,
+    /// The body (at most `max_response_bytes`).
+    pub body: Vec<u8>,
+    /// The vendor's rate-limit headers, if any.
+    pub vendor: Option<VendorLimit>,
+}
+
+impl Integration {
+    /// Performs a declared query: `GET base_url + path`, with the client's
+    /// query string passed on, the credential header, no redirects.
+    ///
+    /// # Errors
+    /// A short description of the transport failure (`timeout`, `connect: …`).
+    #[tracing::instrument(name = "upstream_query", target = "hookrelay::query", skip_all, fields(integration = %self.name, query = query_name, status))]
+    pub async fn query(
+        &self,
+        query_name: &str,
+        path: &str,
+        query_string: &str,
+    ) -> Result<QueryResponse, String> {
+        let mut url = format!(
+            "{}{}",
+            self.settings.base_url.as_str().trim_end_matches('/'),
+            path
+        );
+        if !query_string.is_empty() {
+            url.push('?');
+            url.push_str(query_string);
+        }
+        let mut builder = self.client.get(&url);
+        if let Some((name, value)) = &self.credential {
+            builder = builder.header(name.clone(), value.clone());
+        }
+        let started = Instant::now();
+        let resp = builder
+            .send()
+            .await
+            .map_err(|e| describe_transport_error(&e))?;
+        let status = resp.status().as_u16();
+        let header = |n: reqwest::header::HeaderName| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let cache_control = header(reqwest::header::CACHE_CONTROL);
+        let expires = header(reqwest::header::EXPIRES);
+        let vendor = VendorLimit::from_headers(status, resp.headers());
+        let (body, _) = read_body_limited(resp, self.settings.max_response_bytes)
+            .await
+            .map_err(|e| describe_transport_error(&e))?;
+        tracing::Span::current().record("status", status);
+        crate::metrics::upstream_call(
+            &self.name,
+            query_name,
+            if (200..300).contains(&status) {
+                "success"
+            } else if status >= 500 || status == 429 {
+                "retryable"
+            } else {
+                "rejected"
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(QueryResponse {
+            status,
+            content_type,
+            cache_control,
+            expires,
+            body,
+            vendor,
+        })
+    }
+}
+
 /// A finished upstream call: its classified outcome, what the vendor's
 /// rate-limit headers said, and how long it took.
 #[derive(Debug, Clone)]
@@ -434,7 +521,7 @@ pub fn backoff(attempt: u32, base_ms: u64) -> Duration {
 
 /// All configured integrations, by name.
 #[derive(Default)]
-pub struct Integrations(HashMap<String, Integration>);
+pub struct Integrations(HashMap<String, Arc<Integration>>);
 
 impl Integrations {
     /// Builds a client per `[integrations.NAME]`.
@@ -444,14 +531,19 @@ impl Integrations {
     pub fn from_settings(settings: &BTreeMap<String, IntegrationSettings>) -> anyhow::Result<Self> {
         let mut map = HashMap::new();
         for (name, s) in settings {
-            map.insert(name.clone(), Integration::new(name, s)?);
+            map.insert(name.clone(), Arc::new(Integration::new(name, s)?));
         }
         Ok(Integrations(map))
     }
 
     /// The integration called `name`.
     pub fn get(&self, name: &str) -> Option<&Integration> {
-        self.0.get(name)
+        self.0.get(name).map(AsRef::as_ref)
+    }
+
+    /// The integration called `name`, shared (for work that outlives a request).
+    pub fn get_shared(&self, name: &str) -> Option<Arc<Integration>> {
+        self.0.get(name).cloned()
     }
 }
 

@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         crate::query::list_commands,
         crate::query::list_attempts,
         crate::query::list_dead_letters,
+        crate::query::upstream::get_query,
         crate::command::replay::replay_one,
         crate::command::replay::replay_bulk,
         crate::admin::integrations,
@@ -28,6 +29,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "commands", description = "Send commands and read their status"),
         (name = "signing", description = "Webhook signing secrets"),
+        (name = "queries", description = "Read-only upstream calls through the cache"),
         (name = "dead-letters", description = "Inspect and replay dead-lettered deliveries (admin)"),
         (name = "operations", description = "Probes, metrics and API description"),
     )

@@ -155,6 +155,7 @@ impl Application {
                     intake,
                     sealer,
                     policies: policies.clone(),
+                    integrations: integrations.clone(),
                     metrics,
                 },
             )?;
@@ -276,6 +277,7 @@ struct HttpState {
     intake: Intake,
     sealer: Arc<SecretSealer>,
     policies: Arc<Policies>,
+    integrations: Arc<Integrations>,
     metrics: PrometheusHandle,
 }
 
@@ -290,8 +292,11 @@ fn http_server(
         intake,
         sealer,
         policies,
+        integrations,
         metrics,
     } = state;
+    let integrations = web::Data::new(integrations);
+    let query_cache = web::Data::new(crate::query::upstream::QueryCache::new(10_000));
     let policies = web::Data::new(policies);
     let keys = web::Data::new(JwtKeys::new(&settings.auth));
     let settings_data = web::Data::new(settings.clone());
@@ -310,6 +315,8 @@ fn http_server(
             .app_data(intake.clone())
             .app_data(sealer.clone())
             .app_data(policies.clone())
+            .app_data(integrations.clone())
+            .app_data(query_cache.clone())
             .app_data(metrics.clone())
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))

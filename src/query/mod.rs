@@ -5,6 +5,8 @@
 //! `sub`), any `reader` or `admin`; anyone else gets 404 so a command's
 //! existence does not leak. Logs use the target `hookrelay::query`.
 
+pub mod upstream;
+
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -144,7 +146,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/commands", web::get().to(list_commands))
         .route("/v1/commands/{id}", web::get().to(get_command))
         .route("/v1/commands/{id}/attempts", web::get().to(list_attempts))
-        .route("/v1/dead-letters", web::get().to(list_dead_letters));
+        .route("/v1/dead-letters", web::get().to(list_dead_letters))
+        .configure(upstream::routes);
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {

@@ -279,6 +279,8 @@ pub fn test_settings(upstream: &str) -> Settings {
                 "get_json".to_owned(),
                 QuerySettings {
                     path: "/json".into(),
+                    cache_ttl_s: 60,
+                    stale_if_error_s: 300,
                 },
             )]
             .into(),

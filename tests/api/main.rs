@@ -12,6 +12,7 @@ mod metrics;
 mod operations;
 mod pipeline;
 mod processes;
+mod queries;
 mod resilience;
 mod rotation;
 mod validation;
