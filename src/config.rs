@@ -439,8 +439,11 @@ pub struct OperationSettings {
 pub struct FallbackSettings {
     /// Fallback integration.
     pub integration: Option<String>,
-    /// Its operation.
+    /// Its operation (fallback of an operation).
     pub operation: Option<String>,
+    /// Its query (fallback of a query).
+    #[serde(default)]
+    pub query: Option<String>,
     /// Static response status.
     pub status: Option<u16>,
     /// Static response body (any JSON/TOML value).
@@ -461,6 +464,11 @@ pub struct QuerySettings {
     /// upstream fails, is throttled or its breaker is open (stale-if-error), seconds.
     #[serde(default = "default_stale_if_error_s")]
     pub stale_if_error_s: u64,
+    /// What answers when this integration's breaker is open and no stale copy
+    /// exists: another integration's query (`integration` + `query`) or a
+    /// static response (`status` + `body`).
+    #[serde(default)]
+    pub fallback: Option<FallbackSettings>,
 }
 
 fn default_cache_ttl_s() -> u64 {
@@ -685,11 +693,41 @@ impl Settings {
 impl Settings {
     fn validate_fallbacks(&self) -> Result<(), ConfigError> {
         for (name, integration) in &self.integrations {
+            for (q, settings) in &integration.queries {
+                let Some(fb) = &settings.fallback else {
+                    continue;
+                };
+                let key = format!("integrations.{name}.queries.{q}.fallback");
+                match (&fb.integration, &fb.query, &fb.operation, fb.status) {
+                    (Some(i), Some(other), None, None) => {
+                        if i == name {
+                            return Err(invalid(&key, "must name another integration"));
+                        }
+                        self.integrations
+                            .get(i)
+                            .and_then(|t| t.queries.get(other))
+                            .ok_or_else(|| invalid(&key, format!("no query `{other}` in integration `{i}`")))?;
+                    }
+                    (None, None, None, Some(status)) if (100..600).contains(&status) => {}
+                    _ => {
+                        return Err(invalid(
+                            &key,
+                            "set either `integration` + `query`, or `status` (100-599) with an optional `body`",
+                        ))
+                    }
+                }
+            }
             for (op, settings) in &integration.operations {
                 let Some(fb) = &settings.fallback else {
                     continue;
                 };
                 let key = format!("integrations.{name}.operations.{op}.fallback");
+                if fb.query.is_some() {
+                    return Err(invalid(
+                        &key,
+                        "an operation's fallback names an `operation`, not a `query`",
+                    ));
+                }
                 match (&fb.integration, &fb.operation, fb.status) {
                     (Some(i), Some(o), None) => {
                         let target = self

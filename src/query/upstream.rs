@@ -15,7 +15,9 @@
 //! **Resilience.** The call passes the integration's policy. When the breaker
 //! is open (503), the call is throttled (429 with `Retry-After`) or the
 //! upstream fails (502), a stale copy within `stale_if_error_s` (or the
-//! response's `stale-if-error`) is served instead, with `X-Cache: stale`.
+//! response's `stale-if-error`) is served instead, with `X-Cache: stale`; with
+//! the breaker open and no stale copy, the query's `fallback` (another
+//! integration's query or a static response) answers, marked `X-Fallback: true`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -316,6 +318,22 @@ pub async fn get_query(
                 tracing::debug!(target: "hookrelay::query", cache = "stale", reason = ?e, "query answered from a stale copy");
                 return Ok(respond(stale, "stale"));
             }
+            if let (FetchError::Open(_), Some(fb)) = (&e, &qsettings.fallback) {
+                let answer = answer_from_fallback(
+                    &settings,
+                    &integrations,
+                    &policies,
+                    &name,
+                    &query,
+                    fb,
+                    req.query_string(),
+                )
+                .await;
+                if let Some(resp) = answer {
+                    span.record("cache", "fallback");
+                    return Ok(resp);
+                }
+            }
             Err(match e {
                 FetchError::Open(d) => ApiError::UpstreamUnavailable {
                     detail: format!("the circuit breaker of `{name}` is open"),
@@ -331,6 +349,63 @@ pub async fn get_query(
             })
         }
     }
+}
+
+/// Answers a query from its fallback while the primary's breaker is open:
+/// a static response, or the fallback integration's query through that
+/// integration's policy. Marked `X-Fallback: true`; never cached. `None` when
+/// the fallback cannot answer either.
+async fn answer_from_fallback(
+    settings: &crate::config::Settings,
+    integrations: &Integrations,
+    policies: &Policies,
+    integration: &str,
+    query: &str,
+    fallback: &crate::config::FallbackSettings,
+    qs: &str,
+) -> Option<HttpResponse> {
+    crate::metrics::fallback_used(integration, query);
+    let entry = if let Some(status) = fallback.status {
+        Arc::new(Entry {
+            status,
+            content_type: Some("application/json".into()),
+            body: web::Bytes::from(
+                serde_json::to_vec(&fallback.body.clone().unwrap_or(serde_json::Value::Null))
+                    .ok()?,
+            ),
+            stored_at: Instant::now(),
+            fresh_for: Duration::ZERO,
+            stale_for: Duration::ZERO,
+            private: false,
+        })
+    } else {
+        let (name, other) = (fallback.integration.as_deref()?, fallback.query.as_deref()?);
+        let target = integrations.get(name)?;
+        let path = settings
+            .integrations
+            .get(name)?
+            .queries
+            .get(other)?
+            .path
+            .clone();
+        fetch(
+            target,
+            policies.get(name)?,
+            other,
+            &path,
+            qs,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .await
+        .ok()?
+    };
+    let mut resp = respond(&entry, "miss");
+    resp.headers_mut().insert(
+        header::HeaderName::from_static("x-fallback"),
+        header::HeaderValue::from_static("true"),
+    );
+    Some(resp)
 }
 
 async fn fetch(

@@ -281,6 +281,7 @@ pub fn test_settings(upstream: &str) -> Settings {
                     path: "/json".into(),
                     cache_ttl_s: 60,
                     stale_if_error_s: 300,
+                    fallback: None,
                 },
             )]
             .into(),

@@ -224,3 +224,37 @@ async fn throttled_query_without_a_copy_is_429_with_retry_after() {
         .expect("send");
     assert_eq!(unknown.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_fallback_answers_while_the_breaker_is_open() {
+    let app = spawn_app_with(|s| {
+        let h = s.integrations.get_mut("httpbin").expect("httpbin");
+        h.breaker.min_calls = 1;
+        h.breaker.cool_down_s = 30.0;
+        h.queries.get_mut("get_json").expect("query").fallback =
+            Some(hookrelay::config::FallbackSettings {
+                integration: None,
+                operation: None,
+                query: None,
+                status: Some(200),
+                body: Some(json!({"degraded": true})),
+            });
+    })
+    .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    let r = get_json(&app, &token, "").send().await.expect("send");
+    assert_eq!(r.status(), 502, "the failing call itself");
+    let r = get_json(&app, &token, "").send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-fallback"], "true");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json"),
+        json!({"degraded": true})
+    );
+    app.upstream.verify().await;
+}

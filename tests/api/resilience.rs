@@ -295,6 +295,7 @@ async fn fallback_answers_while_the_primary_breaker_is_open_and_says_so() {
         h.operations.get_mut("create_thing").expect("op").fallback = Some(FallbackSettings {
             integration: Some("backup".into()),
             operation: Some("create_thing".into()),
+            query: None,
             status: None,
             body: None,
         });
