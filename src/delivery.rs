@@ -149,10 +149,13 @@ impl AttemptOutcome {
 }
 
 /// Sends webhooks: one keep-alive pool, redirects not followed (a 3xx is a
-/// failed attempt), no system proxy, `delivery.timeout_ms` per attempt.
+/// failed attempt), no system proxy, `delivery.timeout_ms` per attempt, and
+/// the SSRF guard: names resolve through [`crate::security::GuardedResolver`]
+/// and literal addresses are checked before sending.
 pub struct Sender {
     client: reqwest::Client,
     body_limit: usize,
+    allow_private: bool,
 }
 
 impl Sender {
@@ -160,8 +163,11 @@ impl Sender {
     ///
     /// # Errors
     /// If the TLS backend cannot initialise.
-    pub fn new(settings: &DeliverySettings) -> anyhow::Result<Self> {
+    pub fn new(settings: &DeliverySettings, allow_private: bool) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(crate::security::GuardedResolver {
+                allow_private,
+            }))
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms.min(5_000)))
             .redirect(reqwest::redirect::Policy::none())
@@ -172,6 +178,7 @@ impl Sender {
         Ok(Sender {
             client,
             body_limit: settings.response_body_limit_bytes,
+            allow_private,
         })
     }
 
@@ -184,6 +191,9 @@ impl Sender {
         secrets: &[String],
         payload: &str,
     ) -> AttemptOutcome {
+        if let Err(why) = crate::security::check_literal_host(url, self.allow_private) {
+            return AttemptOutcome::not_sent(why);
+        }
         let started_at = chrono::Utc::now();
         let timestamp = started_at.timestamp();
         let signature = sign(secrets, webhook_id, timestamp, payload);

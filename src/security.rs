@@ -492,6 +492,64 @@ pub async fn reseal_signing_secrets(
     Ok(report)
 }
 
+/// DNS resolver for outbound callbacks (SSRF guard, resolution time): it
+/// resolves with the system resolver and keeps only public addresses, so the
+/// HTTP client can only ever connect to a vetted address — a name that
+/// resolves (or rebinds) to loopback, private, link-local or metadata
+/// addresses fails the attempt instead. With `allow_private` it passes
+/// everything (tests, local development).
+#[derive(Debug, Clone, Copy)]
+pub struct GuardedResolver {
+    /// `security.allow_private_callbacks`.
+    pub allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let vetted: Vec<std::net::SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| allow_private || !is_private_ip(a.ip()))
+                .collect();
+            if vetted.is_empty() {
+                let err: Box<dyn std::error::Error + Send + Sync> = Box::new(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("refused: {host} resolves only to non-public addresses"),
+                ));
+                return Err(err);
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(vetted.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// Refuses a URL whose host is a literal non-public IP (literal addresses
+/// bypass DNS, so [`GuardedResolver`] never sees them).
+///
+/// # Errors
+/// Why the URL is refused.
+pub fn check_literal_host(url: &str, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("refused: bad URL ({e})"))?;
+    match parsed.host() {
+        Some(h @ (url::Host::Ipv4(_) | url::Host::Ipv6(_))) if is_private_host(&h) => {
+            Err(format!("refused: {h} is not a public address"))
+        }
+        Some(url::Host::Domain(d)) if is_private_host(&url::Host::Domain(d)) => {
+            Err(format!("refused: {d} is a local name"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether `host` (as it appears in a URL, IPv6 without brackets) names the
 /// local machine or a non-public address.
 pub fn is_private_host(host: &url::Host<&str>) -> bool {
@@ -530,12 +588,39 @@ fn is_private_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || o[0] == 0
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 IETF protocol assignments
         || o[0] >= 240
+}
+
+/// The IPv4 address embedded in an IPv6 transition form, if any:
+/// IPv4-compatible `::/96`, NAT64 `64:ff9b::/96` (RFC 6052), 6to4 `2002::/16`
+/// (RFC 3056); Teredo `2001::/32` is refused outright (its client address is
+/// obfuscated).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if s[..6] == [0, 0, 0, 0, 0, 0] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    None
 }
 
 fn is_private_v6(ip: Ipv6Addr) -> bool {
     let s = ip.segments();
+    if let Some(v4) = embedded_v4(ip) {
+        if is_private_v4(v4) {
+            return true;
+        }
+    }
     ip.is_loopback()
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32
         || ip.is_unspecified()
         || ip.is_multicast()
         || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
@@ -561,14 +646,56 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::ffff:127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.8",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.2.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378::1",
+            "ff02::1",
+            "::",
         ] {
             let ip: IpAddr = private.parse().expect("ip");
             assert!(is_private_ip(ip), "{private} should be private");
         }
-        for public in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "198.20.0.1",
+        ] {
             let ip: IpAddr = public.parse().expect("ip");
             assert!(!is_private_ip(ip), "{public} should be public");
         }
+    }
+
+    #[tokio::test]
+    async fn resolver_refuses_names_of_local_addresses() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().expect("name");
+        let guarded = GuardedResolver {
+            allow_private: false,
+        };
+        let err = guarded.resolve(name).await.err().expect("refused");
+        assert!(err.to_string().contains("non-public"), "{err}");
+        let name: reqwest::dns::Name = "localhost".parse().expect("name");
+        let open = GuardedResolver {
+            allow_private: true,
+        };
+        assert!(open.resolve(name).await.is_ok());
+        assert!(check_literal_host("http://10.0.0.1/x", false).is_err());
+        assert!(check_literal_host("http://[::ffff:169.254.169.254]/x", false).is_err());
+        assert!(check_literal_host("https://partner.example/x", false).is_ok());
+        assert!(check_literal_host("http://10.0.0.1/x", true).is_ok());
     }
 
     #[test]

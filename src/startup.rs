@@ -110,7 +110,10 @@ impl Application {
                 pool: primary.clone(),
                 settings: settings.clone(),
                 integrations: integrations.clone(),
-                sender: Sender::new(&settings.delivery)?,
+                sender: Sender::new(
+                    &settings.delivery,
+                    settings.security.allow_private_callbacks,
+                )?,
                 outcomes,
                 recording: std::sync::Mutex::new(Default::default()),
                 hosts: HostLimits::new(settings.delivery.max_in_flight_per_host),

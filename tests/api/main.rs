@@ -15,4 +15,5 @@ mod processes;
 mod queries;
 mod resilience;
 mod rotation;
+mod ssrf;
 mod validation;
