@@ -7,7 +7,7 @@ use hookrelay::domain::CommandStatus;
 use hookrelay::integration::UpstreamResult;
 use hookrelay::outbox;
 use hookrelay::startup::{Application, ServeRole};
-use serde_json::{json, Value};
+use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer};
 
@@ -26,13 +26,9 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
         .await;
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
 
     // A worker claims the job with a short lease and dies without finishing.
     let dead = outbox::claim(&app.pool, 10, Duration::from_millis(300))
@@ -126,13 +122,9 @@ async fn a_call_longer_than_the_lease_keeps_its_lease_and_runs_once() {
 
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("slow", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("slow", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(20), settled)
         .await;

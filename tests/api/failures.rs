@@ -18,13 +18,9 @@ async fn upstream_400_fails_without_retry_and_calls_back() {
         .await;
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("9", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("9", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
 
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(10), settled)
@@ -60,13 +56,9 @@ async fn upstream_5xx_is_retried_then_recovers() {
         .await;
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("5", json!({"x": 1})), None)
+    let id = app
+        .post_command_id(&token, &app.command("5", json!({"x": 1})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(10), settled)
         .await;
@@ -85,13 +77,9 @@ async fn upstream_down_exhausts_attempts_then_fails() {
     .await;
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(15), settled)
         .await;
@@ -116,13 +104,9 @@ async fn receiver_always_500_is_dead_lettered_after_the_schedule() {
     app.receiver.always(500);
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
 
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(15), settled)
@@ -184,13 +168,9 @@ async fn receiver_410_stops_after_one_attempt() {
     app.receiver.always(410);
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(10), settled)
         .await;
@@ -216,13 +196,9 @@ async fn receiver_that_recovers_gets_the_same_webhook_id() {
     app.receiver.script(&[503, 302]);
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(10), settled)
         .await;
@@ -295,13 +271,9 @@ async fn receiver_retry_after_is_honoured_and_capped() {
     app.receiver.retry_after("1");
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(15), settled)
         .await;
@@ -321,13 +293,9 @@ async fn receiver_retry_after_is_honoured_and_capped() {
     // A huge Retry-After is capped at delivery.max_retry_after_s (2 s).
     app.receiver.script(&[503]);
     app.receiver.retry_after("86400");
-    let resp = app
-        .post_command(&token, &app.command("2", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("2", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(15), settled)
         .await;
@@ -355,13 +323,9 @@ async fn nul_bytes_from_vendor_and_receiver_do_not_wedge_the_pipeline() {
     // A receiver answering a binary body with NUL bytes, once, then 200.
     app.receiver.script(&[500]);
     app.receiver.body(b"bin\0ary\xff");
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), None)
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(10), settled)
         .await;

@@ -386,6 +386,16 @@ impl TestApp {
             .expect("POST")
     }
 
+    /// Posts a command, asserts 202 and returns its id.
+    pub async fn post_command_id(&self, token: &str, body: &Value, key: Option<&str>) -> String {
+        let resp = self.post_command(token, body, key).await;
+        assert_eq!(resp.status(), 202, "POST /v1/commands");
+        resp.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.address))

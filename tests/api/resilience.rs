@@ -49,14 +49,8 @@ impl Vendor {
 }
 
 async fn send(app: &TestApp, token: &str, thing: &str) -> String {
-    let resp = app
-        .post_command(token, &app.command(thing, json!({"t": thing})), None)
-        .await;
-    assert_eq!(resp.status(), 202);
-    resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
+    app.post_command_id(token, &app.command(thing, json!({"t": thing})), None)
+        .await
 }
 
 fn httpbin(s: &mut hookrelay::config::Settings) -> &mut IntegrationSettings {
@@ -252,13 +246,9 @@ async fn every_retry_of_a_command_carries_the_same_idempotency_key() {
         .await;
     let token = app.token("acme", &["client"]);
     app.trust_client(&token).await;
-    let resp = app
-        .post_command(&token, &app.command("1", json!({})), Some("client-key-9"))
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), Some("client-key-9"))
         .await;
-    let id = resp.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let doc = app
         .wait_status(&token, &id, Duration::from_secs(10), settled)
         .await;
