@@ -170,14 +170,44 @@ async fn visible_command(
     }
 }
 
-/// A command's status document (polling).
+/// Query parameters of `GET /v1/commands/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusParams {
+    /// Long-poll: wait up to this many seconds (0–60) for the document to
+    /// change (from the `If-None-Match` version, else from its state now).
+    #[param(value_type = Option<u64>)]
+    pub wait: Option<String>,
+}
+
+/// Longest long-poll, seconds.
+pub const MAX_WAIT_S: u64 = 60;
+
+/// How often a long-poll re-reads the document, ms: a change is seen within
+/// this (plus a read) — the "within 200 ms of completion" bound.
+const LONG_POLL_EVERY_MS: u64 = 50;
+
+/// Strong validator of a status document (RFC 9110 §8.8.3): a hash of its JSON.
+fn etag(doc: &StatusDocument) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(doc).unwrap_or_default();
+    let hash = Sha256::digest(&bytes);
+    let hex: String = hash[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// A command's status document (polling; ETag / `If-None-Match` → 304;
+/// long-poll with `?wait=SECONDS`).
 #[utoipa::path(
     get, path = "/v1/commands/{id}", tag = "commands",
-    params(("id" = Uuid, Path, description = "Command id")),
+    params(("id" = Uuid, Path, description = "Command id"), StatusParams,
+           ("If-None-Match" = Option<String>, Header, description = "ETag of a document you hold: 304 when unchanged; with `wait`, waits for a change")),
     responses(
-        (status = 200, description = "The status document", body = StatusDocument, headers(("Retry-After" = u64, description = "Suggested polling delay while not finished, seconds"))),
+        (status = 200, description = "The status document", body = StatusDocument, headers(("ETag" = String), ("Retry-After" = u64, description = "Suggested polling delay while not finished, seconds"))),
+        (status = 304, description = "Unchanged since the If-None-Match version"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such command, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `wait`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -185,20 +215,58 @@ async fn visible_command(
 pub async fn get_command(
     principal: Principal,
     path: web::Path<String>,
+    params: web::Query<StatusParams>,
+    req: actix_web::HttpRequest,
     pool: web::Data<ReadPool>,
     settings: web::Data<std::sync::Arc<crate::config::Settings>>,
 ) -> Result<HttpResponse, ApiError> {
     require_reader(&principal)?;
     let id = parse_id(&path)?;
-    let doc = visible_command(&pool.0, &principal, id).await?;
-    let mut resp = HttpResponse::Ok();
+    let wait = match params.wait.as_deref() {
+        None => 0,
+        Some(w) => w
+            .parse::<u64>()
+            .ok()
+            .filter(|w| *w <= MAX_WAIT_S)
+            .ok_or_else(|| {
+                ApiError::validation("wait", format!("must be 0 to {MAX_WAIT_S} seconds"))
+            })?,
+    };
+    let if_none_match = req
+        .headers()
+        .get(actix_web::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut doc = visible_command(&pool.0, &principal, id).await?;
+    if wait > 0 {
+        let baseline = if_none_match.clone().unwrap_or_else(|| etag(&doc));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+        while etag(&doc) == baseline && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(LONG_POLL_EVERY_MS)).await;
+            doc = visible_command(&pool.0, &principal, id).await?;
+        }
+    }
+    let tag = etag(&doc);
+    let matches = if_none_match
+        .as_deref()
+        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    let mut resp = if matches {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    resp.insert_header((actix_web::http::header::ETAG, tag));
     if !doc.status.is_terminal() || doc.callback.status == DeliveryStatus::Pending {
         resp.insert_header((
             actix_web::http::header::RETRY_AFTER,
             settings.commands.retry_after_s.to_string(),
         ));
     }
-    Ok(resp.json(doc))
+    Ok(if matches {
+        resp.finish()
+    } else {
+        resp.json(doc)
+    })
 }
 
 /// Query parameters of `GET /v1/commands`.

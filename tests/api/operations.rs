@@ -157,3 +157,85 @@ async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
     assert_eq!(data[0]["error"], Value::Null);
     assert_eq!(attempts["next_cursor"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_documents_have_etags_and_long_poll_returns_on_completion() {
+    let app = crate::helpers::spawn_app().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200).delayed(Duration::from_millis(800)))
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
+        .await;
+    let url = format!("{}/v1/commands/{id}", app.address);
+
+    // Wait until the upstream call is in progress, then long-poll for the change.
+    let etag = loop {
+        let r = app
+            .http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("get");
+        let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+        let doc: Value = r.json().await.expect("json");
+        if doc["status"] == "in_progress" {
+            break etag;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let unchanged = app
+        .http
+        .get(&url)
+        .bearer_auth(&token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(unchanged.status(), 304);
+    assert_eq!(unchanged.headers()["etag"].to_str().expect("etag"), etag);
+
+    let r = app
+        .http
+        .get(format!("{url}?wait=10"))
+        .bearer_auth(&token)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("long-poll");
+    let returned_at = chrono::Utc::now();
+    assert_eq!(r.status(), 200);
+    assert_ne!(r.headers()["etag"].to_str().expect("etag"), etag);
+    let doc: Value = r.json().await.expect("json");
+    assert_ne!(doc["status"], "in_progress", "{doc}");
+    let changed_at =
+        chrono::DateTime::parse_from_rfc3339(doc["updated_at"].as_str().expect("updated_at"))
+            .expect("time");
+    let lag = returned_at - changed_at.with_timezone(&chrono::Utc);
+    assert!(
+        lag < chrono::Duration::milliseconds(200),
+        "long-poll answered {lag} after the change"
+    );
+
+    let bad = app
+        .http
+        .get(format!("{url}?wait=61"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bad.status(), 422);
+    let quick = app
+        .http
+        .get(format!("{url}?wait=1"))
+        .bearer_auth(&token)
+        .header("if-none-match", "\"nope\"")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(quick.status(), 200, "a stale If-None-Match answers at once");
+}
