@@ -150,6 +150,56 @@ async fn start_peers(arrivals: Arrivals) -> anyhow::Result<(u16, u16)> {
     Ok((upstream_port, receiver_port))
 }
 
+/// Sends `total` commands for `integration` from `concurrency` clients; returns
+/// when each was sent, by command id.
+#[allow(clippy::too_many_arguments)]
+async fn send_commands(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    callback: &str,
+    integration: &'static str,
+    id_prefix: &str,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<HashMap<Uuid, Instant>> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, token, callback, prefix, next, sent) = (
+            client.clone(),
+            url.to_owned(),
+            token.to_owned(),
+            callback.to_owned(),
+            id_prefix.to_owned(),
+            next.clone(),
+            sent.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return anyhow::Ok(());
+                }
+                let body = json!({"integration": integration, "operation": "create",
+                                  "params": {"id": format!("{prefix}{i}")},
+                                  "body": {"n": i, "payload": "x".repeat(200)}, "callback_url": callback});
+                let t = Instant::now();
+                let resp = client.post(&url).bearer_auth(&token).json(&body).send().await?.error_for_status()?;
+                let doc: Value = resp.json().await?;
+                let id: Uuid = doc["id"].as_str().unwrap_or_default().parse()?;
+                sent.lock().expect("lock").insert(id, t);
+            }
+        }));
+    }
+    for c in clients {
+        c.await??;
+    }
+    let sent = sent.lock().expect("lock").clone();
+    Ok(sent)
+}
+
 async fn xact_commit(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
@@ -299,38 +349,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let commits_before = xact_commit(&pool).await?;
     let started = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let sent: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
-    let mut clients = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, url, token, callback, next, sent) = (
-            client.clone(),
-            url.clone(),
-            token.clone(),
-            callback.clone(),
-            next.clone(),
-            sent.clone(),
-        );
-        let total = args.commands;
-        clients.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    return anyhow::Ok(());
-                }
-                let body = json!({"integration": "bench", "operation": "create", "params": {"id": i.to_string()},
-                                  "body": {"n": i, "payload": "x".repeat(200)}, "callback_url": callback});
-                let t = Instant::now();
-                let resp = client.post(&url).bearer_auth(&token).json(&body).send().await?.error_for_status()?;
-                let doc: Value = resp.json().await?;
-                let id: Uuid = doc["id"].as_str().unwrap_or_default().parse()?;
-                sent.lock().expect("lock").insert(id, t);
-            }
-        }));
-    }
-    for c in clients {
-        c.await??;
-    }
+    let sent = send_commands(
+        &client,
+        &url,
+        &token,
+        &callback,
+        "bench",
+        "",
+        args.commands,
+        args.concurrency,
+    )
+    .await?;
     let accepted_in = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
     while arrivals.lock().expect("lock").len() < args.commands {
@@ -341,7 +370,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let arrivals = arrivals.lock().expect("lock").clone();
-    let sent = sent.lock().expect("lock").clone();
     let last = arrivals.values().max().copied().unwrap_or(started);
     let total = last - started;
     let mut latencies: Vec<Duration> = sent
@@ -351,19 +379,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     latencies.sort();
     let commits = xact_commit(&pool).await? - commits_before;
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
     println!("hookrelay e2e benchmark");
-    println!("  machine            {cores} cores, {cpu}");
+    println!("  machine            {}", machine());
     println!("  commands           {}", args.commands);
     println!("  client concurrency {}", args.concurrency);
     println!("  dispatch concurrency {}", dispatch_concurrency);
@@ -641,39 +658,17 @@ async fn policy_overhead(args: Args) -> anyhow::Result<()> {
     for (round, integration) in ["raw", "guarded", "raw", "guarded"].into_iter().enumerate() {
         arrivals.lock().expect("lock").clear();
         let started = Instant::now();
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut clients = Vec::new();
-        for _ in 0..args.concurrency {
-            let (client, base, token, callback, next) = (
-                client.clone(),
-                base.clone(),
-                token.clone(),
-                callback.clone(),
-                next.clone(),
-            );
-            let total = args.commands;
-            clients.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= total {
-                        return anyhow::Ok(());
-                    }
-                    let body = json!({"integration": integration, "operation": "create",
-                                      "params": {"id": format!("{round}-{i}")}, "body": {"n": i},
-                                      "callback_url": callback});
-                    client
-                        .post(format!("{base}/v1/commands"))
-                        .bearer_auth(&token)
-                        .json(&body)
-                        .send()
-                        .await?
-                        .error_for_status()?;
-                }
-            }));
-        }
-        for c in clients {
-            c.await??;
-        }
+        send_commands(
+            &client,
+            &format!("{base}/v1/commands"),
+            &token,
+            &callback,
+            integration,
+            &format!("{round}-"),
+            args.commands,
+            args.concurrency,
+        )
+        .await?;
         while arrivals.lock().expect("lock").len() < args.commands {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
