@@ -135,6 +135,15 @@ pub struct AuthSettings {
 pub struct SecuritySettings {
     /// Allow `localhost` and literal loopback/private/link-local callback hosts.
     pub allow_private_callbacks: bool,
+    /// Refuse `http://` callback URLs (422 at intake).
+    pub https_only_callbacks: bool,
+    /// Non-public networks callbacks may reach anyway (CIDR strings, e.g. a
+    /// partner on a private link: `["10.20.0.0/16"]`). Checked at intake and
+    /// after DNS resolution.
+    pub allowed_callback_cidrs: Vec<String>,
+    /// `allowed_callback_cidrs`, parsed by [`Settings::validate`].
+    #[serde(skip)]
+    pub allowed_callback_nets: Vec<ipnet::IpNet>,
     /// Keys that seal signing secrets at rest (XChaCha20-Poly1305), each
     /// `id:<base64 of 32 bytes>`. The first seals new secrets, every entry
     /// opens, so the key is rotated by prepending a new one. Default: the
@@ -565,6 +574,19 @@ impl Settings {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
+        self.security.allowed_callback_nets = self
+            .security
+            .allowed_callback_cidrs
+            .iter()
+            .map(|c| {
+                c.trim().parse::<ipnet::IpNet>().map_err(|_| {
+                    invalid(
+                        "security.allowed_callback_cidrs",
+                        format!("`{c}` is not a CIDR such as 10.20.0.0/16"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if self.auth.jwt_secret.expose_secret().len() < 32 {
             return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
         }

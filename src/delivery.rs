@@ -155,18 +155,22 @@ impl AttemptOutcome {
 pub struct Sender {
     client: reqwest::Client,
     body_limit: usize,
-    allow_private: bool,
+    policy: std::sync::Arc<crate::security::CallbackPolicy>,
 }
 
 impl Sender {
-    /// Builds the HTTP client from `[delivery]`.
+    /// Builds the HTTP client from `[delivery]`, guarded by `policy`.
     ///
     /// # Errors
     /// If the TLS backend cannot initialise.
-    pub fn new(settings: &DeliverySettings, allow_private: bool) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &DeliverySettings,
+        policy: crate::security::CallbackPolicy,
+    ) -> anyhow::Result<Self> {
+        let policy = std::sync::Arc::new(policy);
         let client = reqwest::Client::builder()
             .dns_resolver(std::sync::Arc::new(crate::security::GuardedResolver {
-                allow_private,
+                policy: policy.clone(),
             }))
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms.min(5_000)))
@@ -178,7 +182,7 @@ impl Sender {
         Ok(Sender {
             client,
             body_limit: settings.response_body_limit_bytes,
-            allow_private,
+            policy,
         })
     }
 
@@ -191,7 +195,7 @@ impl Sender {
         secrets: &[String],
         payload: &str,
     ) -> AttemptOutcome {
-        if let Err(why) = crate::security::check_literal_host(url, self.allow_private) {
+        if let Err(why) = crate::security::check_literal_host(url, &self.policy) {
             return AttemptOutcome::not_sent(why);
         }
         let started_at = chrono::Utc::now();

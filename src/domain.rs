@@ -8,8 +8,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::security::is_private_host;
-
 /// A callback URL: absolute `http`/`https`, with a host, no credentials, no
 /// fragment, at most `max_len` bytes, and (unless private callbacks are
 /// allowed) not `localhost` or a literal loopback/private/link-local address.
@@ -21,13 +19,20 @@ impl CallbackUrl {
     ///
     /// # Errors
     /// A sentence saying what is wrong (the caller names the field).
-    pub fn parse(s: &str, max_len: usize, allow_private: bool) -> Result<Self, String> {
+    pub fn parse(
+        s: &str,
+        max_len: usize,
+        policy: &crate::security::CallbackPolicy,
+    ) -> Result<Self, String> {
         if s.len() > max_len {
             return Err(format!("must be at most {max_len} bytes"));
         }
         let url = url::Url::parse(s).map_err(|e| format!("is not a valid absolute URL ({e})"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err("must use http or https".into());
+        }
+        if policy.https_only && url.scheme() != "https" {
+            return Err("must use https (security.https_only_callbacks)".into());
         }
         let host = url.host().ok_or_else(|| "must have a host".to_owned())?;
         if !url.username().is_empty() || url.password().is_some() {
@@ -36,7 +41,7 @@ impl CallbackUrl {
         if url.fragment().is_some() {
             return Err("must not contain a fragment".into());
         }
-        if !allow_private && is_private_host(&host) {
+        if !policy.permits_host(&host) {
             return Err(
                 "must not point to localhost or a private, loopback or link-local address".into(),
             );
@@ -182,9 +187,14 @@ impl DeliveryStatus {
 mod tests {
     use super::*;
 
+    fn strict() -> crate::security::CallbackPolicy {
+        crate::security::CallbackPolicy::default()
+    }
+
     #[test]
     fn callback_url_accepts_public_https() {
-        let u = CallbackUrl::parse("https://partner.example/hooks?x=1", 2048, false).expect("ok");
+        let u =
+            CallbackUrl::parse("https://partner.example/hooks?x=1", 2048, &strict()).expect("ok");
         assert_eq!(u.as_str(), "https://partner.example/hooks?x=1");
     }
 
@@ -202,16 +212,30 @@ mod tests {
             ("http://169.254.169.254/latest/meta-data", "private"),
         ];
         for (input, expected) in cases {
-            let err = CallbackUrl::parse(input, 2048, false).expect_err(input);
+            let err = CallbackUrl::parse(input, 2048, &strict()).expect_err(input);
             assert!(err.contains(expected), "{input}: {err}");
         }
         let long = format!("https://partner.example/{}", "a".repeat(3000));
-        assert!(CallbackUrl::parse(&long, 2048, false).is_err());
+        assert!(CallbackUrl::parse(&long, 2048, &strict()).is_err());
     }
 
     #[test]
     fn private_callbacks_allowed_when_configured() {
-        assert!(CallbackUrl::parse("http://127.0.0.1:9000/hook", 2048, true).is_ok());
+        let open = crate::security::CallbackPolicy {
+            allow_private: true,
+            ..Default::default()
+        };
+        assert!(CallbackUrl::parse("http://127.0.0.1:9000/hook", 2048, &open).is_ok());
+        let partner = crate::security::CallbackPolicy {
+            allowed: vec!["10.20.0.0/16".parse().expect("net")],
+            https_only: true,
+            ..Default::default()
+        };
+        assert!(CallbackUrl::parse("https://10.20.3.4/hook", 2048, &partner).is_ok());
+        assert!(CallbackUrl::parse("https://10.30.3.4/hook", 2048, &partner).is_err());
+        let err =
+            CallbackUrl::parse("http://partner.example/hook", 2048, &partner).expect_err("http");
+        assert!(err.contains("https"), "{err}");
     }
 
     #[test]

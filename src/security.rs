@@ -492,21 +492,59 @@ pub async fn reseal_signing_secrets(
     Ok(report)
 }
 
+/// Where callbacks may go: `[security]` as one value shared by intake
+/// validation, the resolver and the sender.
+#[derive(Debug, Clone, Default)]
+pub struct CallbackPolicy {
+    /// `security.allow_private_callbacks`: everything is allowed.
+    pub allow_private: bool,
+    /// `security.https_only_callbacks`.
+    pub https_only: bool,
+    /// `security.allowed_callback_cidrs`: non-public networks allowed anyway.
+    pub allowed: Vec<ipnet::IpNet>,
+}
+
+impl CallbackPolicy {
+    /// The policy of `[security]`.
+    pub fn from_settings(s: &crate::config::SecuritySettings) -> Self {
+        CallbackPolicy {
+            allow_private: s.allow_private_callbacks,
+            https_only: s.https_only_callbacks,
+            allowed: s.allowed_callback_nets.clone(),
+        }
+    }
+
+    /// Whether a callback may connect to `ip`.
+    pub fn permits_ip(&self, ip: IpAddr) -> bool {
+        self.allow_private || !is_private_ip(ip) || self.allowed.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether a URL host may be used as written (names are checked again
+    /// after resolution).
+    pub fn permits_host(&self, host: &url::Host<&str>) -> bool {
+        match host {
+            url::Host::Domain(_) => self.allow_private || !is_private_host(host),
+            url::Host::Ipv4(ip) => self.permits_ip(IpAddr::V4(*ip)),
+            url::Host::Ipv6(ip) => self.permits_ip(IpAddr::V6(*ip)),
+        }
+    }
+}
+
 /// DNS resolver for outbound callbacks (SSRF guard, resolution time): it
 /// resolves with the system resolver and keeps only public addresses, so the
 /// HTTP client can only ever connect to a vetted address — a name that
 /// resolves (or rebinds) to loopback, private, link-local or metadata
 /// addresses fails the attempt instead. With `allow_private` it passes
 /// everything (tests, local development).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GuardedResolver {
-    /// `security.allow_private_callbacks`.
-    pub allow_private: bool,
+    /// What may be connected to.
+    pub policy: std::sync::Arc<CallbackPolicy>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_private = self.allow_private;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
             let all: Vec<std::net::SocketAddr> =
@@ -514,7 +552,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let vetted: Vec<std::net::SocketAddr> = all
                 .iter()
                 .copied()
-                .filter(|a| allow_private || !is_private_ip(a.ip()))
+                .filter(|a| policy.permits_ip(a.ip()))
                 .collect();
             if vetted.is_empty() {
                 let err: Box<dyn std::error::Error + Send + Sync> = Box::new(std::io::Error::new(
@@ -534,18 +572,13 @@ impl reqwest::dns::Resolve for GuardedResolver {
 ///
 /// # Errors
 /// Why the URL is refused.
-pub fn check_literal_host(url: &str, allow_private: bool) -> Result<(), String> {
-    if allow_private {
-        return Ok(());
-    }
+pub fn check_literal_host(url: &str, policy: &CallbackPolicy) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("refused: bad URL ({e})"))?;
+    if policy.https_only && parsed.scheme() != "https" {
+        return Err("refused: only https callbacks are allowed".into());
+    }
     match parsed.host() {
-        Some(h @ (url::Host::Ipv4(_) | url::Host::Ipv6(_))) if is_private_host(&h) => {
-            Err(format!("refused: {h} is not a public address"))
-        }
-        Some(url::Host::Domain(d)) if is_private_host(&url::Host::Domain(d)) => {
-            Err(format!("refused: {d} is a local name"))
-        }
+        Some(h) if !policy.permits_host(&h) => Err(format!("refused: {h} is not a public address")),
         _ => Ok(()),
     }
 }
@@ -683,19 +716,38 @@ mod tests {
         use reqwest::dns::Resolve;
         let name: reqwest::dns::Name = "localhost".parse().expect("name");
         let guarded = GuardedResolver {
-            allow_private: false,
+            policy: std::sync::Arc::new(CallbackPolicy::default()),
         };
         let err = guarded.resolve(name).await.err().expect("refused");
         assert!(err.to_string().contains("non-public"), "{err}");
         let name: reqwest::dns::Name = "localhost".parse().expect("name");
         let open = GuardedResolver {
-            allow_private: true,
+            policy: std::sync::Arc::new(CallbackPolicy {
+                allow_private: true,
+                ..Default::default()
+            }),
         };
         assert!(open.resolve(name).await.is_ok());
-        assert!(check_literal_host("http://10.0.0.1/x", false).is_err());
-        assert!(check_literal_host("http://[::ffff:169.254.169.254]/x", false).is_err());
-        assert!(check_literal_host("https://partner.example/x", false).is_ok());
-        assert!(check_literal_host("http://10.0.0.1/x", true).is_ok());
+        let strict = CallbackPolicy::default();
+        assert!(check_literal_host("http://10.0.0.1/x", &strict).is_err());
+        assert!(check_literal_host("http://[::ffff:169.254.169.254]/x", &strict).is_err());
+        assert!(check_literal_host("https://partner.example/x", &strict).is_ok());
+        let open = CallbackPolicy {
+            allow_private: true,
+            ..Default::default()
+        };
+        assert!(check_literal_host("http://10.0.0.1/x", &open).is_ok());
+        let partner = CallbackPolicy {
+            allowed: vec!["10.20.0.0/16".parse().expect("net")],
+            https_only: true,
+            ..Default::default()
+        };
+        assert!(check_literal_host("https://10.20.1.2/x", &partner).is_ok());
+        assert!(check_literal_host("https://10.21.1.2/x", &partner).is_err());
+        assert!(
+            check_literal_host("http://partner.example/x", &partner).is_err(),
+            "https only"
+        );
     }
 
     #[test]

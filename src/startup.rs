@@ -112,7 +112,7 @@ impl Application {
                 integrations: integrations.clone(),
                 sender: Sender::new(
                     &settings.delivery,
-                    settings.security.allow_private_callbacks,
+                    crate::security::CallbackPolicy::from_settings(&settings.security),
                 )?,
                 outcomes,
                 recording: std::sync::Mutex::new(Default::default()),

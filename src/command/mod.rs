@@ -352,7 +352,7 @@ fn validate(
     let callback = CallbackUrl::parse(
         &request.callback_url,
         settings.commands.max_callback_url_len,
-        settings.security.allow_private_callbacks,
+        &crate::security::CallbackPolicy::from_settings(&settings.security),
     )
     .map_err(|m| ApiError::validation("callback_url", m))?;
     let params = Value::Object(params);

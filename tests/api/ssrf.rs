@@ -71,3 +71,44 @@ async fn a_name_resolving_to_loopback_is_refused_at_delivery() {
         "nothing of an internal service is shown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_cidrs_open_a_private_network_and_https_only_refuses_http() {
+    // Private callbacks off, but the loopback network explicitly allowed.
+    let app = spawn_app_with(|s| {
+        s.security.allow_private_callbacks = false;
+        s.security.allowed_callback_cidrs = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    app.trust_client(&token).await;
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
+        .await;
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(10), settled)
+        .await;
+    assert_eq!(
+        doc["callback"]["status"], "delivered",
+        "127.0.0.1 is in an allowed CIDR"
+    );
+
+    let strict = spawn_app_with(|s| {
+        s.security.allow_private_callbacks = false;
+        s.security.https_only_callbacks = true;
+    })
+    .await;
+    let token = strict.token("acme", &["client"]);
+    let mut body = strict.command("1", json!({}));
+    body["callback_url"] = json!("http://partner.example/hooks");
+    let resp = strict.post_command(&token, &body, None).await;
+    assert_eq!(resp.status(), 422);
+    assert_eq!(
+        resp.json::<Value>().await.expect("json")["field"],
+        "callback_url"
+    );
+}
