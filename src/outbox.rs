@@ -507,6 +507,34 @@ pub async fn defer(pool: &PgPool, job: &ClaimedJob, delay: Duration) -> sqlx::Re
     Ok(done == 1)
 }
 
+/// Which dead letters a replay (or its "more remain" check) matches: `d` is
+/// the delivery, `c` its command; `$1` an optional delivery id, `$2`–`$5` the
+/// [`ReplayFilter`] fields in order.
+const DEAD_LETTER_MATCH: &str = "d.status = 'dead_lettered'
+               AND ($1::uuid IS NULL OR d.id = $1)
+               AND ($2::text IS NULL OR c.integration = $2)
+               AND ($3::text IS NULL OR d.client_id = $3)
+               AND ($4::timestamptz IS NULL OR d.dead_lettered_at >= $4)
+               AND ($5::timestamptz IS NULL OR d.dead_lettered_at < $5)";
+
+/// Whether any dead letter still matches `filter` (after a capped bulk replay).
+///
+/// # Errors
+/// Database errors.
+pub async fn dead_letters_remain(pool: &PgPool, filter: &ReplayFilter) -> sqlx::Result<bool> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN commands c ON c.id = d.command_id
+          WHERE {DEAD_LETTER_MATCH})"
+    ))
+    .bind(None::<Uuid>)
+    .bind(filter.integration.as_deref())
+    .bind(filter.client_id.as_deref())
+    .bind(filter.since)
+    .bind(filter.until)
+    .fetch_one(pool)
+    .await
+}
+
 /// Filter of a bulk replay; `None` fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -535,18 +563,13 @@ pub async fn replay_dead_letters(
     filter: &ReplayFilter,
     limit: i64,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
+    sqlx::query_scalar(&format!(
         r#"
         WITH pick AS (
             SELECT d.id
               FROM deliveries d
               JOIN commands c ON c.id = d.command_id
-             WHERE d.status = 'dead_lettered'
-               AND ($1::uuid IS NULL OR d.id = $1)
-               AND ($2::text IS NULL OR c.integration = $2)
-               AND ($3::text IS NULL OR d.client_id = $3)
-               AND ($4::timestamptz IS NULL OR d.dead_lettered_at >= $4)
-               AND ($5::timestamptz IS NULL OR d.dead_lettered_at < $5)
+             WHERE {DEAD_LETTER_MATCH}
              ORDER BY d.dead_lettered_at
              LIMIT $6
                FOR UPDATE OF d SKIP LOCKED
@@ -562,8 +585,8 @@ pub async fn replay_dead_letters(
             SELECT 'deliver', command_id, id, 'replay' FROM d
         )
         SELECT count(*) FROM d
-        "#,
-    )
+        "#
+    ))
     .bind(delivery_id)
     .bind(filter.integration.as_deref())
     .bind(filter.client_id.as_deref())

@@ -14,27 +14,8 @@ use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
 use crate::error::{ApiError, Problem};
-use crate::outbox::{replay_dead_letters, ReplayFilter};
+use crate::outbox::{dead_letters_remain, replay_dead_letters, ReplayFilter};
 
-async fn replay_dead_letters_pending(
-    pool: &sqlx::PgPool,
-    filter: &ReplayFilter,
-) -> Result<bool, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM deliveries d JOIN commands c ON c.id = d.command_id
-          WHERE d.status = 'dead_lettered'
-            AND ($1::text IS NULL OR c.integration = $1)
-            AND ($2::text IS NULL OR d.client_id = $2)
-            AND ($3::timestamptz IS NULL OR d.dead_lettered_at >= $3)
-            AND ($4::timestamptz IS NULL OR d.dead_lettered_at < $4))",
-    )
-    .bind(filter.integration.as_deref())
-    .bind(filter.client_id.as_deref())
-    .bind(filter.since)
-    .bind(filter.until)
-    .fetch_one(pool)
-    .await?)
-}
 use crate::startup::WritePool;
 
 /// Answer of `POST /v1/dead-letters/{id}/replay`.
@@ -159,7 +140,7 @@ pub async fn replay_bulk(
         until: request.until,
     };
     let replayed = replay_dead_letters(&pool.0, None, &filter, MAX_BULK_REPLAY).await?;
-    let more = replayed == MAX_BULK_REPLAY && replay_dead_letters_pending(&pool.0, &filter).await?;
+    let more = replayed == MAX_BULK_REPLAY && dead_letters_remain(&pool.0, &filter).await?;
     tracing::info!(target: "hookrelay::command", admin = %principal.client_id, count = replayed, more, "dead letters replayed");
     Ok(HttpResponse::Accepted().json(BulkReplayed { replayed, more }))
 }
