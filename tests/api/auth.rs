@@ -91,12 +91,7 @@ async fn commands_are_visible_to_owner_readers_and_admins_only() {
             .status(),
         404
     );
-    let list: Value = app
-        .get(&b, "/v1/commands")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let list: Value = app.get_json(&b, "/v1/commands").await;
     assert_eq!(list["data"].as_array().expect("data").len(), 0);
 
     for token in [&a, &reader, &admin] {
@@ -104,12 +99,7 @@ async fn commands_are_visible_to_owner_readers_and_admins_only() {
             app.get(token, &format!("/v1/commands/{id}")).await.status(),
             200
         );
-        let list: Value = app
-            .get(token, "/v1/commands")
-            .await
-            .json()
-            .await
-            .expect("json");
+        let list: Value = app.get_json(token, "/v1/commands").await;
         assert_eq!(list["data"].as_array().expect("data").len(), 1);
     }
     let nobody = app.token("x", &["auditor"]);

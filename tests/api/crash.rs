@@ -24,8 +24,7 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
@@ -120,8 +119,7 @@ async fn a_call_longer_than_the_lease_keeps_its_lease_and_runs_once() {
     let other_stop = other.shutdown_token();
     let other_task = tokio::spawn(other.run_until_stopped());
 
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("slow", json!({})), None)
         .await;

@@ -56,12 +56,7 @@ async fn dead_letters_are_listed_filtered_and_paginated_for_admins_only() {
     let b_ids = dead_letters(&app, "client-b", "b", 2).await;
     let admin = app.token("root", &["admin"]);
 
-    let page: Value = app
-        .get(&admin, "/v1/dead-letters")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let page: Value = app.get_json(&admin, "/v1/dead-letters").await;
     let data = page["data"].as_array().expect("data");
     assert_eq!(data.len(), 5);
     let first = &data[0];
@@ -75,11 +70,8 @@ async fn dead_letters_are_listed_filtered_and_paginated_for_admins_only() {
     );
 
     let only_a: Value = app
-        .get(&admin, "/v1/dead-letters?client_id=client-a")
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&admin, "/v1/dead-letters?client_id=client-a")
+        .await;
     let got: HashSet<String> = only_a["data"]
         .as_array()
         .expect("data")
@@ -90,38 +82,29 @@ async fn dead_letters_are_listed_filtered_and_paginated_for_admins_only() {
 
     let since = between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let recent: Value = app
-        .get(
+        .get_json(
             &admin,
             &format!("/v1/dead-letters?since={}", urlencode(&since)),
         )
-        .await
-        .json()
-        .await
-        .expect("json");
+        .await;
     assert_eq!(recent["data"].as_array().expect("data").len(), 2);
     let older: Value = app
-        .get(
+        .get_json(
             &admin,
             &format!("/v1/dead-letters?until={}", urlencode(&since)),
         )
-        .await
-        .json()
-        .await
-        .expect("json");
+        .await;
     assert_eq!(older["data"].as_array().expect("data").len(), 3);
     let none: Value = app
-        .get(&admin, "/v1/dead-letters?integration=other")
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&admin, "/v1/dead-letters?integration=other")
+        .await;
     assert_eq!(none["data"].as_array().expect("data").len(), 0);
 
     // Pages of 2 walk all 5 without repeats.
     let mut seen = Vec::new();
     let mut path = "/v1/dead-letters?limit=2".to_owned();
     loop {
-        let page: Value = app.get(&admin, &path).await.json().await.expect("json");
+        let page: Value = app.get_json(&admin, &path).await;
         seen.extend(
             page["data"]
                 .as_array()
@@ -218,11 +201,8 @@ async fn replay_one_is_a_fresh_run_with_the_same_webhook_id() {
     );
 
     let attempts: Value = app
-        .get(&client, &format!("/v1/commands/{}/attempts", ids[0]))
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&client, &format!("/v1/commands/{}/attempts", ids[0]))
+        .await;
     let triggers: Vec<&str> = attempts["data"]
         .as_array()
         .expect("data")
@@ -312,12 +292,7 @@ async fn bulk_replay_by_filter_answers_the_count() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left: Value = app
-        .get(&admin, "/v1/dead-letters")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let left: Value = app.get_json(&admin, "/v1/dead-letters").await;
     let left = left["data"].as_array().expect("data");
     assert_eq!(left.len(), 2);
     assert!(left.iter().all(|d| d["client_id"] == "client-b"));
@@ -346,8 +321,7 @@ async fn bulk_replay_of_1000_dead_letters_survives_a_restart_midway() {
         .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     app.receiver.always(410);
     let posts = (0..1000).map(|i| {
         let body = app.command(&i.to_string(), json!({}));

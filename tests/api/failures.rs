@@ -16,8 +16,7 @@ async fn upstream_400_fails_without_retry_and_calls_back() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("9", json!({})), None)
         .await;
@@ -54,8 +53,7 @@ async fn upstream_5xx_is_retried_then_recovers() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("5", json!({"x": 1})), None)
         .await;
@@ -75,8 +73,7 @@ async fn upstream_down_exhausts_attempts_then_fails() {
         httpbin.base_url = "http://127.0.0.1:9".parse().expect("url");
     })
     .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
@@ -102,8 +99,7 @@ async fn receiver_always_500_is_dead_lettered_after_the_schedule() {
         .mount(&app.upstream)
         .await;
     app.receiver.always(500);
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
@@ -136,11 +132,8 @@ async fn receiver_always_500_is_dead_lettered_after_the_schedule() {
     );
 
     let attempts: Value = app
-        .get(&token, &format!("/v1/commands/{id}/attempts"))
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&token, &format!("/v1/commands/{id}/attempts"))
+        .await;
     let data = attempts["data"].as_array().expect("data");
     assert_eq!(data.len(), 3);
     for (i, a) in data.iter().enumerate() {
@@ -166,8 +159,7 @@ async fn receiver_410_stops_after_one_attempt() {
         .mount(&app.upstream)
         .await;
     app.receiver.always(410);
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
@@ -194,8 +186,7 @@ async fn receiver_that_recovers_gets_the_same_webhook_id() {
         .mount(&app.upstream)
         .await;
     app.receiver.script(&[503, 302]);
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
@@ -222,8 +213,7 @@ async fn one_slow_receiver_gets_at_most_its_host_limit_in_flight() {
         .mount(&app.upstream)
         .await;
     app.receiver.delay(Duration::from_millis(300));
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let mut ids = Vec::new();
     for i in 0..6 {
         let resp = app
@@ -269,8 +259,7 @@ async fn receiver_retry_after_is_honoured_and_capped() {
         .await;
     app.receiver.script(&[429, 503]);
     app.receiver.retry_after("1");
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
@@ -318,8 +307,7 @@ async fn nul_bytes_from_vendor_and_receiver_do_not_wedge_the_pipeline() {
         )
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     // A receiver answering a binary body with NUL bytes, once, then 200.
     app.receiver.script(&[500]);
     app.receiver.body(b"bin\0ary\xff");
@@ -334,11 +322,8 @@ async fn nul_bytes_from_vendor_and_receiver_do_not_wedge_the_pipeline() {
     assert_eq!(doc["callback"]["status"], "delivered");
     assert_eq!(doc["callback"]["attempts"], 2);
     let attempts: Value = app
-        .get(&token, &format!("/v1/commands/{id}/attempts"))
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&token, &format!("/v1/commands/{id}/attempts"))
+        .await;
     assert_eq!(
         attempts["data"][0]["response_body"],
         "bin\u{FFFD}ary\u{FFFD}"

@@ -405,6 +405,18 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// GET `path` and parse the body as JSON (any status).
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        self.get(token, path).await.json().await.expect("json")
+    }
+
+    /// A `client` token for `sub` whose signing secret the receiver trusts.
+    pub async fn trusted_client(&self, sub: &str) -> String {
+        let token = self.token(sub, &["client"]);
+        self.trust_client(&token).await;
+        token
+    }
+
     pub async fn status(&self, token: &str, id: &str) -> Value {
         let resp = self.get(token, &format!("/v1/commands/{id}")).await;
         assert_eq!(resp.status(), 200, "GET status of {id}");

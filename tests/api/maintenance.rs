@@ -29,8 +29,7 @@ async fn maintenance_runs_once_per_schedule_and_does_its_work() {
         .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let first = app
         .post_command(&token, &app.command("1", json!({"v": 1})), Some("reuse-me"))
         .await;

@@ -78,8 +78,7 @@ async fn metrics_count_upstream_calls_retries_and_deliveries() {
         .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
 
     let before = scrape(&app).await;
     let upstream = |outcome: &'static str| {

@@ -67,8 +67,7 @@ async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
         .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let mut ids = Vec::new();
     for i in 0..5 {
         let resp = app
@@ -92,7 +91,7 @@ async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
             Some(c) => format!("/v1/commands?limit=2&cursor={c}"),
             None => "/v1/commands?limit=2".to_owned(),
         };
-        let page: Value = app.get(&token, &path).await.json().await.expect("json");
+        let page: Value = app.get_json(&token, &path).await;
         let data = page["data"].as_array().expect("data");
         assert!(data.len() <= 2);
         seen.extend(
@@ -108,18 +107,10 @@ async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
     assert_eq!(seen, newest_first);
 
     let page: Value = app
-        .get(&token, "/v1/commands?status=succeeded&integration=httpbin")
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&token, "/v1/commands?status=succeeded&integration=httpbin")
+        .await;
     assert_eq!(page["data"].as_array().expect("data").len(), 5);
-    let page: Value = app
-        .get(&token, "/v1/commands?status=failed")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let page: Value = app.get_json(&token, "/v1/commands?status=failed").await;
     assert_eq!(page["data"].as_array().expect("data").len(), 0);
 
     for bad in [
@@ -144,11 +135,8 @@ async fn lists_are_newest_first_with_cursor_pagination_and_filters() {
     }
 
     let attempts: Value = app
-        .get(&token, &format!("/v1/commands/{}/attempts", ids[0]))
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&token, &format!("/v1/commands/{}/attempts", ids[0]))
+        .await;
     let data = attempts["data"].as_array().expect("data");
     assert_eq!(data.len(), 1);
     assert_eq!(data[0]["attempt"], 1);
@@ -165,8 +153,7 @@ async fn status_documents_have_etags_and_long_poll_returns_on_completion() {
         .respond_with(Echo::new(200).delayed(Duration::from_millis(800)))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;

@@ -18,8 +18,7 @@ async fn fifty_commands_succeed_and_deliver_verified_callbacks() {
         .expect(50)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
 
     let posts = (0..50).map(|i| {
         let body = app.command(&i.to_string(), json!({"n": i}));
@@ -103,8 +102,7 @@ async fn same_idempotency_key_same_body_is_one_command() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let body = app.command("7", json!({"a": 1, "b": [1, 2]}));
 
     let first = app.post_command(&token, &body, Some("order-7")).await;
@@ -201,8 +199,7 @@ async fn upstream_request_is_built_from_the_declared_operation_with_credentials(
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let body = json!({
         "integration": "httpbin", "operation": "delete_thing",
         "params": {"thing_id": "a/b c"}, "body": {"reason": "cleanup"},

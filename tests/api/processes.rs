@@ -262,8 +262,7 @@ async fn two_worker_processes_execute_each_of_1000_commands_exactly_once() {
     let _w1 = serve(&config, &db_url, "worker", free_port());
     let _w2 = serve(&config, &db_url, "worker", free_port());
 
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     use futures_util::StreamExt;
     let posts = (0..1000).map(|i| {
         let body = app.command(&i.to_string(), json!({"i": i}));

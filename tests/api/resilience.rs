@@ -87,12 +87,7 @@ async fn breaker_opens_blocks_calls_and_closes_after_a_successful_probe() {
     // The three failures open the breaker; the admin view shows it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let opened_at = loop {
-        let view: Value = app
-            .get(&admin, "/v1/admin/integrations")
-            .await
-            .json()
-            .await
-            .expect("json");
+        let view: Value = app.get_json(&admin, "/v1/admin/integrations").await;
         if view["data"][0]["breaker"] == "open" {
             assert_eq!(view["data"][0]["name"], "httpbin");
             break Instant::now();
@@ -135,12 +130,7 @@ async fn breaker_opens_blocks_calls_and_closes_after_a_successful_probe() {
             .any(|t| *t >= opened_at + Duration::from_millis(900)),
         "calls resumed after the cool-down"
     );
-    let view: Value = app
-        .get(&admin, "/v1/admin/integrations")
-        .await
-        .json()
-        .await
-        .expect("json");
+    let view: Value = app.get_json(&admin, "/v1/admin/integrations").await;
     assert_eq!(view["data"][0]["breaker"], "closed", "{view}");
     assert!(view["data"][0]["p99_ms"].is_number());
     assert_eq!(
@@ -162,8 +152,7 @@ async fn a_configured_rate_limit_is_never_exceeded() {
         .respond_with(vendor.clone())
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let ids = futures_util::future::join_all((0..45).map(|i| {
         let (app, token) = (&app, token.clone());
         async move { send(app, &token, &i.to_string()).await }
@@ -198,8 +187,7 @@ async fn vendor_rate_limit_headers_make_the_next_calls_wait() {
         .respond_with(vendor.clone())
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let first = send(&app, &token, "1").await;
     app.wait_status(&token, &first, Duration::from_secs(10), settled)
         .await;
@@ -244,8 +232,7 @@ async fn every_retry_of_a_command_carries_the_same_idempotency_key() {
         .respond_with(vendor.clone())
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), Some("client-key-9"))
         .await;
@@ -296,8 +283,7 @@ async fn fallback_answers_while_the_primary_breaker_is_open_and_says_so() {
         .expect(1)
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let first = send(&app, &token, "1").await;
     let doc = app
         .wait_status(&token, &first, Duration::from_secs(10), settled)

@@ -129,11 +129,8 @@ async fn a_secret_that_does_not_open_is_never_used_to_sign() {
     assert_eq!(doc["callback"]["status"], "dead_lettered");
     assert!(app.receiver.received().is_empty(), "nothing was sent");
     let attempts: Value = app
-        .get(&beta, &format!("/v1/commands/{id}/attempts"))
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&beta, &format!("/v1/commands/{id}/attempts"))
+        .await;
     let first = &attempts["data"][0];
     assert!(first["response_status"].is_null());
     assert!(

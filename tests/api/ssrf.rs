@@ -31,8 +31,7 @@ async fn a_name_resolving_to_loopback_is_refused_at_delivery() {
         .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let port = app.receiver.server.address().port();
     let mut body = app.command("1", json!({}));
     body["callback_url"] = json!(format!("http://{host}:{port}/hooks"));
@@ -52,11 +51,8 @@ async fn a_name_resolving_to_loopback_is_refused_at_delivery() {
         "nothing reached the loopback receiver"
     );
     let attempts: Value = app
-        .get(&token, &format!("/v1/commands/{id}/attempts"))
-        .await
-        .json()
-        .await
-        .expect("json");
+        .get_json(&token, &format!("/v1/commands/{id}/attempts"))
+        .await;
     let first = &attempts["data"][0];
     assert_eq!(first["response_status"], Value::Null);
     assert!(
@@ -84,8 +80,7 @@ async fn allowed_cidrs_open_a_private_network_and_https_only_refuses_http() {
         .respond_with(Echo::new(200))
         .mount(&app.upstream)
         .await;
-    let token = app.token("acme", &["client"]);
-    app.trust_client(&token).await;
+    let token = app.trusted_client("acme").await;
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
