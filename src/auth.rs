@@ -1,19 +1,28 @@
 //! Authentication: `Authorization: Bearer <JWT>` becomes a typed [`Principal`].
 //!
-//! Tokens are HS256-signed with `auth.jwt_secret` and carry the claims fixed by
-//! SPEC "Authentication and roles": `sub` (the client id), `roles` (array of
-//! strings) and `exp` (Unix seconds, required). Handlers take a `Principal`
-//! argument and state the role they need with [`Principal::require`]; a missing
-//! or invalid token never reaches handler code (401 problem document).
+//! Tokens carry the claims fixed by SPEC "Authentication and roles": `sub`
+//! (the client id), `roles` (array of strings) and `exp` (Unix seconds,
+//! required), plus optional `iat`, `nbf`, `iss`, `aud` and `jti` (RFC 7519).
+//! [`JwtKeys`] verifies them with exactly one configured algorithm
+//! (`auth.algorithm`: HS256, RS256, ES256 or EdDSA, RFC 7518/8037), so `none`
+//! and algorithm confusion (an RSA public key used as an HMAC secret) are
+//! refused; see `docs/security.md` "Tokens".
+//!
+//! The authorization layer ([`crate::authz`]) authenticates every request to a
+//! protected route, checks its role against the route table and puts the
+//! [`Principal`] into the request's extensions; handlers take a `Principal`
+//! argument, which only reads it from there. A missing or invalid token never
+//! reaches handler code (401 problem document).
 
 use std::future::{ready, Ready};
 
-use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage, HttpRequest};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, ConfigError};
 use crate::error::ApiError;
 
 /// A role from the token's `roles` claim. Unknown role names are ignored.
@@ -37,9 +46,18 @@ impl Role {
             _ => None,
         }
     }
+
+    /// The role's name in tokens and configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Admin => "admin",
+            Role::Reader => "reader",
+        }
+    }
 }
 
-/// JWT claims (SPEC: `sub`, `roles`, `exp`).
+/// JWT claims (SPEC: `sub`, `roles`, `exp`; RFC 7519 registered claims).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     /// Client id.
@@ -47,11 +65,24 @@ pub struct Claims {
     /// Role names.
     #[serde(default)]
     pub roles: Vec<String>,
-    /// Expiry, Unix seconds.
+    /// Expiry, Unix seconds (required).
     pub exp: i64,
-    /// Issued at, Unix seconds.
+    /// Issued at, Unix seconds; bounds the lifetime (`exp - iat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Not before, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Issuer (checked against `auth.issuer` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience: a string or an array of strings (checked against
+    /// `auth.audience` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    /// Token id (required and single-use for POSTs with `auth.require_jti`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// The authenticated caller.
@@ -61,6 +92,10 @@ pub struct Principal {
     pub client_id: String,
     /// Known roles from the token.
     pub roles: Vec<Role>,
+    /// The token's `jti`, if any (1 to 255 characters).
+    pub jti: Option<String>,
+    /// The token's `exp`, Unix seconds.
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -81,7 +116,7 @@ impl Principal {
                 "this operation needs one of the roles: {}",
                 roles
                     .iter()
-                    .map(|r| format!("{r:?}").to_lowercase())
+                    .map(|r| r.name())
                     .collect::<Vec<_>>()
                     .join(", ")
             )))
@@ -100,91 +135,343 @@ impl Principal {
     }
 }
 
+/// The signing algorithms `auth.algorithm` may name.
+const ALGORITHMS: &[(&str, Algorithm)] = &[
+    ("HS256", Algorithm::HS256),
+    ("RS256", Algorithm::RS256),
+    ("ES256", Algorithm::ES256),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// Longest accepted `jti`, characters.
+const MAX_JTI_LEN: usize = 255;
+
 /// Keys and validation rules for tokens, shared with the HTTP app as `web::Data`.
 pub struct JwtKeys {
-    encoding: EncodingKey,
+    algorithm: Algorithm,
+    /// Present for HS256, and for the others when `auth.private_key_file` is set.
+    encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
+    leeway_s: i64,
+    max_lifetime_s: i64,
+    issuer: Option<String>,
+    audience: Option<String>,
+    require_jti: bool,
+}
+
+fn read_key(key: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    if path.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            problem: "must name a PEM key file for this auth.algorithm".into(),
+        });
+    }
+    std::fs::read(path).map_err(|e| ConfigError::Invalid {
+        key: key.into(),
+        problem: format!("cannot read {path}: {e}"),
+    })
 }
 
 impl JwtKeys {
-    /// Builds HS256 keys from `[auth]`.
-    pub fn new(settings: &AuthSettings) -> Self {
-        let secret = settings.jwt_secret.expose_secret().as_bytes();
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = settings.leeway_s;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_exp = true;
-        JwtKeys {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
-    }
-
-    /// Mints a token for `sub` with `roles`, valid for `ttl_s` seconds.
+    /// Builds the keys and validation rules from `[auth]`: reads
+    /// `public_key_file` (and `private_key_file` when set) for the asymmetric
+    /// algorithms.
     ///
     /// # Errors
-    /// Only if signing fails (it does not for HS256 with a valid key).
+    /// [`ConfigError`] naming the key: unknown `auth.algorithm`, a `jwt_secret`
+    /// under 32 bytes (HS256), or a key file that is missing, unreadable or not
+    /// a PEM key of the algorithm's type.
+    pub fn new(settings: &AuthSettings) -> Result<Self, ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Invalid {
+            key: key.into(),
+            problem,
+        };
+        let algorithm = ALGORITHMS
+            .iter()
+            .find(|(name, _)| *name == settings.algorithm)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                bad(
+                    "auth.algorithm",
+                    format!(
+                        "`{}` is not accepted; use HS256, RS256, ES256 or EdDSA",
+                        settings.algorithm
+                    ),
+                )
+            })?;
+        let (encoding, decoding) = if algorithm == Algorithm::HS256 {
+            let secret = settings.jwt_secret.expose_secret().as_bytes();
+            if secret.len() < 32 {
+                return Err(bad("auth.jwt_secret", "must be at least 32 bytes".into()));
+            }
+            (
+                Some(EncodingKey::from_secret(secret)),
+                DecodingKey::from_secret(secret),
+            )
+        } else {
+            let public = read_key("auth.public_key_file", &settings.public_key_file)?;
+            let not_key = |key: &str, e: jsonwebtoken::errors::Error| {
+                bad(
+                    key,
+                    format!("is not a PEM key for {}: {e}", settings.algorithm),
+                )
+            };
+            let decoding = match algorithm {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(&public),
+                Algorithm::ES256 => DecodingKey::from_ec_pem(&public),
+                _ => DecodingKey::from_ed_pem(&public),
+            }
+            .map_err(|e| not_key("auth.public_key_file", e))?;
+            let encoding = if settings.private_key_file.trim().is_empty() {
+                None
+            } else {
+                let private = read_key("auth.private_key_file", &settings.private_key_file)?;
+                Some(
+                    match algorithm {
+                        Algorithm::RS256 => EncodingKey::from_rsa_pem(&private),
+                        Algorithm::ES256 => EncodingKey::from_ec_pem(&private),
+                        _ => EncodingKey::from_ed_pem(&private),
+                    }
+                    .map_err(|e| not_key("auth.private_key_file", e))?,
+                )
+            };
+            (encoding, decoding)
+        };
+        let issuer = Some(settings.issuer.trim().to_owned()).filter(|s| !s.is_empty());
+        let audience = Some(settings.audience.trim().to_owned()).filter(|s| !s.is_empty());
+        // Exactly one algorithm: the header's `alg` must be it (no `none`, no
+        // HS256 token "signed" with our RSA public key).
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = settings.leeway_s;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // Not configured: an `aud` in the token is not ours to judge.
+            None => validation.validate_aud = false,
+        }
+        // (jsonwebtoken checks only exp/nbf/sub/iss/aud here; `jti` is
+        // checked in `verify`.)
+        validation.set_required_spec_claims(&required);
+        Ok(JwtKeys {
+            algorithm,
+            encoding,
+            decoding,
+            validation,
+            leeway_s: i64::try_from(settings.leeway_s).unwrap_or(60),
+            max_lifetime_s: i64::try_from(settings.max_token_lifetime_s).unwrap_or(i64::MAX),
+            issuer,
+            audience,
+            require_jti: settings.require_jti,
+        })
+    }
+
+    /// Whether POSTs consume the token's `jti` (`auth.require_jti`).
+    pub fn require_jti(&self) -> bool {
+        self.require_jti
+    }
+
+    /// The clock skew allowed, seconds (`auth.leeway_s`).
+    pub fn leeway_s(&self) -> i64 {
+        self.leeway_s
+    }
+
+    /// Mints a token for `sub` with `roles`, valid for `ttl_s` seconds, with
+    /// `iat`, a random `jti`, and `iss`/`aud` when configured.
+    ///
+    /// # Errors
+    /// `ttl_s` above `auth.max_token_lifetime_s`, or no private key for an
+    /// asymmetric algorithm (`auth.private_key_file` unset).
     pub fn mint(&self, sub: &str, roles: &[String], ttl_s: u64) -> anyhow::Result<String> {
+        let ttl = i64::try_from(ttl_s).unwrap_or(i64::MAX);
+        if ttl > self.max_lifetime_s {
+            anyhow::bail!(
+                "--ttl {ttl_s} exceeds auth.max_token_lifetime_s ({} seconds)",
+                self.max_lifetime_s
+            );
+        }
         let now = chrono::Utc::now().timestamp();
-        let ttl = i64::try_from(ttl_s).unwrap_or(i64::MAX / 2);
         let claims = Claims {
             sub: sub.to_owned(),
             roles: roles.to_vec(),
             exp: now.saturating_add(ttl),
             iat: Some(now),
+            nbf: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone().map(serde_json::Value::String),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
         };
-        Ok(encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )?)
+        self.sign(&claims)
+    }
+
+    /// Signs `claims` as they are with the configured algorithm (no checks).
+    ///
+    /// # Errors
+    /// No private key for an asymmetric algorithm, or signing failed.
+    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+        let key = self.encoding.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "auth.private_key_file is not set: cannot mint {:?} tokens (the API only needs the public key)",
+                self.algorithm
+            )
+        })?;
+        Ok(encode(&Header::new(self.algorithm), claims, key)?)
     }
 
     /// Verifies a token and returns its principal.
     ///
     /// # Errors
-    /// 401 for a bad signature, wrong algorithm, missing/expired `exp` or empty `sub`.
+    /// 401 for a malformed token, an `alg` other than the configured one, a
+    /// bad signature, missing/expired `exp`, a future `nbf` or `iat`, a wrong
+    /// `iss`/`aud` (when configured), a lifetime above
+    /// `auth.max_token_lifetime_s`, a missing `jti` (with `auth.require_jti`)
+    /// or an empty `sub`. Does not consume the `jti` (see [`consume_jti`]).
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             let why = match e.kind() {
                 ErrorKind::ExpiredSignature => "token has expired",
+                ErrorKind::ImmatureSignature => "token is not valid yet (`nbf`)",
                 ErrorKind::InvalidSignature => "token signature is invalid",
-                ErrorKind::InvalidAlgorithm => "token algorithm is not accepted",
-                ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (exp, sub)",
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    "token algorithm is not accepted"
+                }
+                ErrorKind::InvalidIssuer => "token issuer (`iss`) is not accepted",
+                ErrorKind::InvalidAudience => "token audience (`aud`) is not accepted",
+                ErrorKind::MissingRequiredClaim(_) => {
+                    "token lacks a required claim (exp, sub, and iss, aud, jti when configured)"
+                }
+                // `Claims` itself requires `sub` and `exp`.
+                ErrorKind::Json(j) if j.to_string().starts_with("missing field") => {
+                    "token lacks a required claim (exp, sub, and iss, aud, jti when configured)"
+                }
                 _ => "token is malformed",
             };
             ApiError::Unauthorized(why.to_owned())
         })?;
-        if data.claims.sub.is_empty() || data.claims.sub.len() > 255 {
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.sub.len() > 255 {
             return Err(ApiError::Unauthorized(
                 "token `sub` must be 1 to 255 characters".into(),
             ));
         }
+        let now = chrono::Utc::now().timestamp();
+        if claims
+            .iat
+            .is_some_and(|iat| iat > now.saturating_add(self.leeway_s))
+        {
+            return Err(ApiError::Unauthorized(
+                "token was issued in the future (`iat`)".into(),
+            ));
+        }
+        let lifetime = claims.exp.saturating_sub(claims.iat.unwrap_or(now));
+        if lifetime > self.max_lifetime_s {
+            return Err(ApiError::Unauthorized(format!(
+                "token lifetime exceeds the maximum of {} seconds",
+                self.max_lifetime_s
+            )));
+        }
+        match &claims.jti {
+            None if self.require_jti => {
+                return Err(ApiError::Unauthorized(
+                    "token lacks a required claim (jti)".into(),
+                ))
+            }
+            Some(jti) if jti.is_empty() || jti.len() > MAX_JTI_LEN => {
+                return Err(ApiError::Unauthorized(
+                    "token `jti` must be 1 to 255 characters".into(),
+                ))
+            }
+            _ => {}
+        }
         Ok(Principal {
-            client_id: data.claims.sub,
-            roles: data
-                .claims
-                .roles
-                .iter()
-                .filter_map(|r| Role::parse(r))
-                .collect(),
+            client_id: claims.sub,
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            jti: claims.jti,
+            expires_at: claims.exp,
         })
     }
+}
+
+/// Records the principal's `jti` as used, until its token expires (plus the
+/// leeway, while the token would still be accepted). Called for POSTs when
+/// `auth.require_jti` is set.
+///
+/// # Errors
+/// 401 when the `jti` was already used by this client (a replayed request) or
+/// is missing; 503/500 when the database fails.
+pub async fn consume_jti(
+    pool: &PgPool,
+    principal: &Principal,
+    leeway_s: i64,
+) -> Result<(), ApiError> {
+    let jti = principal
+        .jti
+        .as_deref()
+        .ok_or_else(|| ApiError::Unauthorized("token lacks a `jti`".into()))?;
+    let recorded = sqlx::query(
+        "INSERT INTO token_jtis (client_id, jti, expires_at)
+         VALUES ($1, $2, to_timestamp($3))
+         ON CONFLICT (client_id, jti) DO NOTHING",
+    )
+    .bind(&principal.client_id)
+    .bind(jti)
+    .bind(principal.expires_at.saturating_add(leeway_s) as f64)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        return Err(ApiError::Unauthorized(
+            "token `jti` was already used; mint a new token for each request".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Ready<Result<Self, Self::Error>>;
 
+    /// The principal the authorization layer ([`crate::authz`]) stored for
+    /// this request. A route without an authorization rule has none, and
+    /// fails closed with 500 (a wiring bug, never an open door).
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        ready(req.extensions().get::<Principal>().cloned().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "no authorization rule ran for {} {}",
+                req.method(),
+                req.path()
+            ))
+        }))
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
+/// A principal already verified from this request's bearer token, kept in the
+/// request's extensions so [`authenticate`] does not verify the token twice.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
+
+/// Verifies the request's bearer token.
+///
+/// # Errors
+/// 401 when the header is missing, not `Bearer <token>`, or the token fails
+/// [`JwtKeys::verify`].
+pub fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
+    // Already verified earlier in this request (the per-client rate limit
+    // in `crate::limits` needs the `sub` first): one signature check per request.
+    if let Some(Authenticated(principal)) = req.extensions().get::<Authenticated>() {
+        tracing::Span::current().record("client_id", principal.client_id.as_str());
+        return Ok(principal.clone());
+    }
     let keys = req
         .app_data::<web::Data<JwtKeys>>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys missing from app data")))?;
@@ -208,11 +495,24 @@ mod tests {
     use super::*;
     use secrecy::SecretString;
 
+    fn settings(secret: &str) -> AuthSettings {
+        let mut s = crate::config::Settings::defaults().expect("defaults").auth;
+        s.jwt_secret = SecretString::from(secret.to_owned());
+        s.leeway_s = 0;
+        s
+    }
+
     fn keys(secret: &str) -> JwtKeys {
-        JwtKeys::new(&AuthSettings {
-            jwt_secret: SecretString::from(secret.to_owned()),
-            leeway_s: 0,
-        })
+        JwtKeys::new(&settings(secret)).expect("keys")
+    }
+
+    fn principal(client_id: &str, roles: Vec<Role>) -> Principal {
+        Principal {
+            client_id: client_id.into(),
+            roles,
+            jti: None,
+            expires_at: 0,
+        }
     }
 
     #[test]
@@ -224,6 +524,7 @@ mod tests {
         let p = k.verify(&t).expect("verify");
         assert_eq!(p.client_id, "acme");
         assert_eq!(p.roles, vec![Role::Client]);
+        assert!(p.jti.is_some(), "minted tokens carry a jti");
     }
 
     #[test]
@@ -238,17 +539,48 @@ mod tests {
     }
 
     #[test]
+    fn minting_beyond_the_maximum_lifetime_fails() {
+        let mut s = settings("0123456789abcdef0123456789abcdef");
+        s.max_token_lifetime_s = 600;
+        let k = JwtKeys::new(&s).expect("keys");
+        assert!(k.mint("a", &[], 600).is_ok());
+        let err = k.mint("a", &[], 601).expect_err("too long").to_string();
+        assert!(err.contains("auth.max_token_lifetime_s"), "{err}");
+    }
+
+    #[test]
+    fn bad_algorithm_and_missing_key_file_are_named() {
+        let mut s = settings("0123456789abcdef0123456789abcdef");
+        s.algorithm = "none".into();
+        let err = JwtKeys::new(&s).err().expect("none").to_string();
+        assert!(err.contains("auth.algorithm"), "{err}");
+        s.algorithm = "RS256".into();
+        let err = JwtKeys::new(&s).err().expect("no key").to_string();
+        assert!(err.contains("auth.public_key_file"), "{err}");
+        s.public_key_file = "/nonexistent/key.pem".into();
+        let err = JwtKeys::new(&s).err().expect("unreadable").to_string();
+        assert!(err.contains("auth.public_key_file"), "{err}");
+    }
+
+    #[test]
+    fn a_request_the_authz_layer_did_not_see_fails_closed() {
+        let req = actix_web::test::TestRequest::default()
+            .insert_header(("Authorization", "Bearer whatever"))
+            .to_http_request();
+        let got = Principal::from_request(&req, &mut Payload::None).into_inner();
+        assert!(matches!(got, Err(ApiError::Internal(_))), "{got:?}");
+        req.extensions_mut()
+            .insert(principal("a", vec![Role::Client]));
+        let got = Principal::from_request(&req, &mut Payload::None).into_inner();
+        assert_eq!(got.expect("stored principal").client_id, "a");
+    }
+
+    #[test]
     fn owner_and_readers_can_read() {
-        let p = Principal {
-            client_id: "a".into(),
-            roles: vec![Role::Client],
-        };
+        let p = principal("a", vec![Role::Client]);
         assert!(p.can_read("a"));
         assert!(!p.can_read("b"));
-        let r = Principal {
-            client_id: "x".into(),
-            roles: vec![Role::Reader],
-        };
+        let r = principal("x", vec![Role::Reader]);
         assert!(r.can_read("b"));
     }
 }

@@ -31,6 +31,33 @@ pub const DEV_JWT_SECRET: &str = "hookrelay-dev-secret-change-me-0123456789";
 /// sealed with it are not protected; configuring it logs a warning.
 pub const DEV_SIGNING_KEY_ENCRYPTION_KEY: &str = "aG9va3JlbGF5LWRldi1rZXktY2hhbmdlLW1lLTAxMjM=";
 
+/// The key material (base64) of the development job MAC key shipped in
+/// `config/default.toml` (`dev:` + this; it decodes to
+/// `hookrelay-dev-mac-change-me-0123`). Public, so seals made with it do not
+/// stop someone who can write to the database; configuring it logs a warning.
+pub const DEV_JOB_MAC_KEY: &str = "aG9va3JlbGF5LWRldi1tYWMtY2hhbmdlLW1lLTAxMjM=";
+
+/// The default of `security.redact_fields`: JSON field names masked in
+/// stored upstream results, receiver answers and logs (case-insensitive).
+pub const DEFAULT_REDACT_FIELDS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "token",
+    "api_key",
+    "apikey",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "card_number",
+    "cvv",
+    "private_key",
+];
+
 /// A configuration problem: the key (dotted path) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,6 +107,14 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     /// Process-wide resilience settings.
     pub resilience: ResilienceSettings,
+    /// The event log's push stream (SSE).
+    pub events: EventSettings,
+    /// API rate limits (per client IP, per authenticated client).
+    pub limits: LimitSettings,
+    /// The read side: status-document cache, read-your-writes, batch queries.
+    pub query: QuerySideSettings,
+    /// The shared cache backend (Redis) for several API instances.
+    pub cache: CacheSettings,
     /// Third-party APIs by name (`[integrations.NAME]`).
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationSettings>,
@@ -97,6 +132,22 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Grace for in-flight HTTP requests on shutdown, seconds.
     pub shutdown_timeout_s: u64,
+    /// Separate listen address (`host:port`) for `/metrics`, `/v1/admin/*` and
+    /// the dead-letter routes; when set they are served only there, not on
+    /// `bind`. Empty = off (everything on `bind`). Also served by
+    /// `serve --role worker`.
+    pub admin_bind: String,
+    /// Time a client has to send the request line and headers, ms; after it
+    /// the connection is answered 408 and closed (slowloris). 0 = no limit.
+    pub client_request_timeout_ms: u64,
+    /// Time a client has to acknowledge the connection shutdown, ms. 0 = none.
+    pub client_disconnect_timeout_ms: u64,
+    /// Idle time before a keep-alive connection is closed, seconds; 0 = keep-alive off.
+    pub keep_alive_s: u64,
+    /// Most concurrent connections per HTTP worker; beyond it new connections wait.
+    pub max_connections: usize,
+    /// Largest total size of the request headers (names + values), bytes; beyond it 431.
+    pub max_header_bytes: usize,
 }
 
 /// `[database]`
@@ -119,15 +170,41 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
-/// `[auth]`
+/// `[auth]`: how bearer tokens (JWT, RFC 7519) are verified.
+///
+/// Exactly one algorithm is accepted ([`AuthSettings::algorithm`]); see
+/// [`crate::auth::JwtKeys`] for the checks and `docs/security.md` "Tokens".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// HS256 key, at least 32 bytes.
+    /// HS256 key, at least 32 bytes (used only when `algorithm = "HS256"`).
     pub jwt_secret: SecretString,
-    /// Clock skew allowed on `exp`, seconds (≤ 60).
+    /// The one accepted JWS algorithm (RFC 7518): `HS256`, `RS256`, `ES256`
+    /// (P-256) or `EdDSA` (Ed25519). Any other `alg` header, `none` included,
+    /// answers 401.
+    pub algorithm: String,
+    /// PEM public key verifying tokens for `RS256`/`ES256`/`EdDSA` (path;
+    /// empty for `HS256`).
+    pub public_key_file: String,
+    /// PEM private key (PKCS#8 for EC and Ed25519) so `hookrelay token` can
+    /// mint asymmetric tokens; empty = the CLI cannot mint (the API never needs it).
+    pub private_key_file: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, seconds (≤ 60).
     pub leeway_s: u64,
+    /// Longest accepted token lifetime, seconds: `exp - iat`, or `exp - now`
+    /// when the token has no `iat`. Longer-lived tokens answer 401.
+    pub max_token_lifetime_s: u64,
+    /// Required `iss` claim; empty = not checked.
+    pub issuer: String,
+    /// Required `aud` claim (one of the token's audiences); empty = not checked.
+    pub audience: String,
+    /// Tokens must carry a `jti`; the first POST with a given `jti` records it
+    /// until the token expires, and a second POST with it answers 401 (replay).
+    pub require_jti: bool,
 }
+
+/// Longest `auth.max_token_lifetime_s`: 30 days.
+pub const MAX_TOKEN_LIFETIME_S: u64 = 30 * 24 * 3600;
 
 /// `[security]`
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +226,16 @@ pub struct SecuritySettings {
     /// opens, so the key is rotated by prepending a new one. Default: the
     /// development key [`DEV_SIGNING_KEY_ENCRYPTION_KEY`] (logged as a warning).
     pub signing_key_encryption_keys: Vec<SecretString>,
+    /// Keys that seal outbox jobs (HMAC-SHA256 over what a job acts on, see
+    /// [`crate::seal`]), each `id:<base64 of 32 bytes>`. The first seals new
+    /// jobs, every entry verifies. Required (at least one); the default is
+    /// the development key [`DEV_JOB_MAC_KEY`] (logged as a warning).
+    pub job_mac_keys: Vec<SecretString>,
+    /// JSON field names (case-insensitive, any depth) masked as `[REDACTED]`
+    /// in stored upstream results, receiver answers in the attempt log,
+    /// `last_error` strings and logs ([`crate::redact`]). Default:
+    /// [`DEFAULT_REDACT_FIELDS`].
+    pub redact_fields: Vec<String>,
 }
 
 impl SecuritySettings {
@@ -161,6 +248,16 @@ impl SecuritySettings {
                 .is_some_and(|(_, key)| key.trim() == DEV_SIGNING_KEY_ENCRYPTION_KEY)
         })
     }
+
+    /// Whether the development job MAC key (public, in this repository) is
+    /// among `job_mac_keys`, under any id.
+    pub fn uses_dev_job_mac_key(&self) -> bool {
+        self.job_mac_keys.iter().any(|k| {
+            k.expose_secret()
+                .split_once(':')
+                .is_some_and(|(_, key)| key.trim() == DEV_JOB_MAC_KEY)
+        })
+    }
 }
 
 /// `[commands]`
@@ -169,6 +266,10 @@ impl SecuritySettings {
 pub struct CommandSettings {
     /// Longest callback URL, bytes.
     pub max_callback_url_len: usize,
+    /// Most entries in a command's `params` object (422 naming `params` beyond).
+    pub max_params: usize,
+    /// Largest serialised `params` object (compact JSON), bytes (422 naming `params` beyond).
+    pub max_params_bytes: usize,
     /// Most rows per intake transaction.
     pub intake_batch_max: usize,
     /// Extra wait for a fuller intake batch, ms (0 = none).
@@ -177,6 +278,8 @@ pub struct CommandSettings {
     pub intake_writers: usize,
     /// `Retry-After` on 202 and status documents, seconds.
     pub retry_after_s: u64,
+    /// `POST /v1/commands` without an `Idempotency-Key` header answers 400.
+    pub require_idempotency_key: bool,
 }
 
 /// `[dispatcher]`
@@ -232,6 +335,63 @@ pub struct ResilienceSettings {
     pub retry_budget_min_per_s: f64,
 }
 
+/// `[limits]`: API rate limits, GCRA (the `governor` crate). A request over
+/// a limit answers 429 (`application/problem+json`) with `Retry-After` in
+/// whole seconds. `/healthz`, `/readyz` and `/metrics` are exempt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Sustained requests per second per client IP address (the TCP peer;
+    /// `X-Forwarded-For` is not trusted), checked before authentication. 0 = off.
+    pub per_ip_per_s: u32,
+    /// Requests per IP address allowed at once above the rate (at least 1 when on).
+    pub per_ip_burst: u32,
+    /// Sustained requests per second per authenticated client (JWT `sub`). 0 = off.
+    pub per_client_per_s: u32,
+    /// Requests per client allowed at once above the rate (at least 1 when on).
+    pub per_client_burst: u32,
+}
+
+/// `[query]`: the read side (see `docs/queries.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySideSettings {
+    /// Longest time a cached status document may be served after the command
+    /// changed, ms (the TTL of a cached document); 0 = status documents are
+    /// not cached. At most [`MAX_STALENESS_MS`].
+    pub max_staleness_ms: u64,
+    /// After a client's `POST /v1/commands` on this instance, its status and
+    /// list reads go to the primary for this long, ms, so it reads its own
+    /// write despite replica lag; 0 = off. At most [`MAX_READ_YOUR_WRITES_MS`].
+    pub read_your_writes_ms: u64,
+    /// Most queries in one `POST /v1/queries/batch` request (1 to 100).
+    pub batch_max_queries: usize,
+    /// Most status documents held in the in-process cache.
+    pub status_cache_capacity: u64,
+    /// Most upstream query responses held in the in-process cache.
+    pub upstream_cache_capacity: u64,
+}
+
+/// Upper bound of `query.max_staleness_ms`: one minute.
+pub const MAX_STALENESS_MS: u64 = 60_000;
+/// Upper bound of `query.read_your_writes_ms`: ten minutes.
+pub const MAX_READ_YOUR_WRITES_MS: u64 = 600_000;
+
+/// `[cache]`: where cached status documents and upstream responses live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// `redis://` or `rediss://` URL of a Redis shared by every API instance;
+    /// empty = each process caches in its own memory (moka).
+    pub redis_url: SecretString,
+    /// Prefix of every Redis key, so several deployments (or tests) can
+    /// share one Redis.
+    pub key_prefix: String,
+    /// Timeout of one Redis command, ms; a slower Redis counts as an error
+    /// and the request falls back to the database or the upstream.
+    pub redis_timeout_ms: u64,
+}
+
 /// `[maintenance]`: cron schedules (UTC, with a seconds field) and retention.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,12 +402,38 @@ pub struct MaintenanceSettings {
     pub expire_idempotency_keys_cron: String,
     /// When to delete signing secrets past their rotation grace.
     pub retire_signing_secrets_cron: String,
+    /// When to forget recorded token `jti`s whose token has expired.
+    pub purge_token_jtis_cron: String,
     /// Attempt response bodies are kept this long, seconds.
     pub attempt_body_retention_s: u64,
     /// Idempotency keys are honoured this long after the command, seconds.
     pub idempotency_key_ttl_s: u64,
     /// Lease of a running maintenance run, seconds.
     pub run_lease_s: u64,
+    /// When to delete events older than `event_retention_s` from the event log.
+    pub purge_events_cron: String,
+    /// Events (`command_events`) are kept this long, seconds; a stream resumed
+    /// with an older `Last-Event-ID` continues from the oldest event kept.
+    pub event_retention_s: u64,
+}
+
+/// `[events]`: the per-process event tailer and the SSE streams it feeds
+/// (`GET /v1/events`, `GET /v1/commands/{id}/events`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Safety-net poll of the event log, ms; `NOTIFY hookrelay_events` wakes
+    /// the tailer at once, the poll covers lost notifications and a read
+    /// replica that lags behind the primary.
+    pub poll_interval_ms: u64,
+    /// A comment line is sent on an idle stream this often, seconds, so
+    /// proxies keep the connection and a gone client is noticed.
+    pub keep_alive_s: u64,
+    /// The `retry:` hint sent at the start of each stream, ms: how long an
+    /// `EventSource` waits before reconnecting.
+    pub retry_ms: u64,
+    /// Open SSE streams allowed per API process; beyond it 503.
+    pub max_streams: usize,
 }
 
 /// Upper bound of `delivery.secret_rotation_grace_s`: 30 days. A rotated-out
@@ -293,6 +479,13 @@ pub struct IntegrationSettings {
     /// Upstream response bytes kept as the command's result.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Exempts this integration from the SSRF guard: its `base_url` may be a
+    /// loopback, private or link-local address (or a name resolving to one).
+    /// Only for internal APIs the operator controls. Default false: a literal
+    /// non-public `base_url` is a configuration error, and names are resolved
+    /// at call time through [`crate::security::GuardedResolver`].
+    #[serde(default)]
+    pub trusted: bool,
     /// Credential header injected into every call.
     #[serde(default)]
     pub credential: Option<CredentialSettings>,
@@ -438,7 +631,19 @@ pub struct OperationSettings {
     /// What answers when this integration's circuit breaker is open.
     #[serde(default)]
     pub fallback: Option<FallbackSettings>,
+    /// Roles allowed to send this command (`client`, `reader`, `admin`);
+    /// `None` = [`DEFAULT_OPERATION_ROLES`]. Checked when the body names it.
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
 }
+
+/// Roles allowed to send a command when its operation sets no `roles`
+/// (SPEC: `POST /v1/commands` needs `client`).
+pub const DEFAULT_OPERATION_ROLES: &[&str] = &["client"];
+
+/// Roles allowed to run a query when it sets no `roles` (SPEC:
+/// `GET /v1/queries/...` is for client, reader and admin).
+pub const DEFAULT_QUERY_ROLES: &[&str] = &["client", "reader", "admin"];
 
 /// `[integrations.NAME.operations.OP.fallback]`: either another integration's
 /// operation (`integration` + `operation`, whose path placeholders must be a
@@ -478,6 +683,9 @@ pub struct QuerySettings {
     /// static response (`status` + `body`).
     #[serde(default)]
     pub fallback: Option<FallbackSettings>,
+    /// Roles allowed to run this query; `None` = [`DEFAULT_QUERY_ROLES`].
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
 }
 
 fn default_cache_ttl_s() -> u64 {
@@ -522,6 +730,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("delivery.retry_schedule_s")
                 .with_list_parse_key("security.signing_key_encryption_keys")
+                .with_list_parse_key("security.job_mac_keys")
+                .with_list_parse_key("security.redact_fields")
                 .try_parsing(true),
         );
         if std::env::var_os("HOOKRELAY__DATABASE__URL").is_none() {
@@ -567,6 +777,48 @@ impl Settings {
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
         }
+        if !self.server.admin_bind.is_empty() {
+            let admin = self.server.admin_bind.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "server.admin_bind",
+                    "must be empty (off) or host:port, e.g. 127.0.0.1:9090",
+                )
+            })?;
+            if admin.port() != 0 && self.server.bind.parse::<SocketAddr>().ok() == Some(admin) {
+                return Err(invalid("server.admin_bind", "must differ from server.bind"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if self.server.max_header_bytes < 1024 {
+            return Err(invalid("server.max_header_bytes", "must be at least 1024"));
+        }
+        for (key, rate, burst) in [
+            (
+                "limits.per_ip_burst",
+                self.limits.per_ip_per_s,
+                self.limits.per_ip_burst,
+            ),
+            (
+                "limits.per_client_burst",
+                self.limits.per_client_per_s,
+                self.limits.per_client_burst,
+            ),
+        ] {
+            if rate > 0 && burst == 0 {
+                return Err(invalid(key, "must be at least 1 when its rate is on"));
+            }
+        }
+        if self.commands.max_callback_url_len < 16 {
+            return Err(invalid(
+                "commands.max_callback_url_len",
+                "must be at least 16",
+            ));
+        }
+        if self.commands.max_params_bytes < 2 {
+            return Err(invalid("commands.max_params_bytes", "must be at least 2"));
+        }
         check_pg_url("database.url", self.database.url.expose_secret())?;
         if !self.database.read_url.expose_secret().is_empty() {
             check_pg_url("database.read_url", self.database.read_url.expose_secret())?;
@@ -587,14 +839,38 @@ impl Settings {
                 })
             })
             .collect::<Result<_, _>>()?;
-        if self.auth.jwt_secret.expose_secret().len() < 32 {
-            return Err(invalid("auth.jwt_secret", "must be at least 32 bytes"));
-        }
         if self.auth.leeway_s > 60 {
             return Err(invalid("auth.leeway_s", "must be at most 60 seconds"));
         }
+        if !(1..=MAX_TOKEN_LIFETIME_S).contains(&self.auth.max_token_lifetime_s) {
+            return Err(invalid(
+                "auth.max_token_lifetime_s",
+                format!("must be 1 to {MAX_TOKEN_LIFETIME_S} seconds (30 days)"),
+            ));
+        }
+        // Algorithm, secret length and key files: the same code that serves.
+        crate::auth::JwtKeys::new(&self.auth)?;
         crate::security::SecretSealer::from_keys(&self.security.signing_key_encryption_keys)
             .map_err(|e| invalid("security.signing_key_encryption_keys", e.to_string()))?;
+        match crate::seal::JobSealer::from_keys(&self.security.job_mac_keys) {
+            Ok(_) => {}
+            Err(crate::security::KeyConfigError::Empty) => {
+                return Err(invalid(
+                    "security.job_mac_keys",
+                    "needs at least one `id:base64` key (the first one seals new jobs)",
+                ))
+            }
+            Err(e) => return Err(invalid("security.job_mac_keys", e.to_string())),
+        }
+        for field in &mut self.security.redact_fields {
+            *field = field.trim().to_owned();
+            if field.is_empty() || field.len() > 128 {
+                return Err(invalid(
+                    "security.redact_fields",
+                    "every entry must be a field name of 1 to 128 bytes",
+                ));
+            }
+        }
         if self.commands.intake_batch_max == 0 || self.commands.intake_batch_max > 1000 {
             return Err(invalid("commands.intake_batch_max", "must be 1..=1000"));
         }
@@ -673,6 +949,14 @@ impl Settings {
                 "maintenance.retire_signing_secrets_cron",
                 &self.maintenance.retire_signing_secrets_cron,
             ),
+            (
+                "maintenance.purge_token_jtis_cron",
+                &self.maintenance.purge_token_jtis_cron,
+            ),
+            (
+                "maintenance.purge_events_cron",
+                &self.maintenance.purge_events_cron,
+            ),
         ] {
             crate::maintenance::parse_cron(expr)
                 .map_err(|e| invalid(key, format!("is not a cron expression ({e})")))?;
@@ -689,8 +973,81 @@ impl Settings {
                 "must be between 0 and 1e6",
             ));
         }
+        if self.query.max_staleness_ms > MAX_STALENESS_MS {
+            return Err(invalid(
+                "query.max_staleness_ms",
+                format!("must be at most {MAX_STALENESS_MS} ms"),
+            ));
+        }
+        if self.query.read_your_writes_ms > MAX_READ_YOUR_WRITES_MS {
+            return Err(invalid(
+                "query.read_your_writes_ms",
+                format!("must be at most {MAX_READ_YOUR_WRITES_MS} ms"),
+            ));
+        }
+        if !(1..=100).contains(&self.query.batch_max_queries) {
+            return Err(invalid("query.batch_max_queries", "must be 1 to 100"));
+        }
+        if self.query.status_cache_capacity == 0 {
+            return Err(invalid("query.status_cache_capacity", "must be at least 1"));
+        }
+        if self.query.upstream_cache_capacity == 0 {
+            return Err(invalid(
+                "query.upstream_cache_capacity",
+                "must be at least 1",
+            ));
+        }
+        let redis_url = self.cache.redis_url.expose_secret();
+        if !redis_url.is_empty() {
+            let ok = Url::parse(redis_url)
+                .is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss") && u.host().is_some());
+            if !ok {
+                return Err(invalid(
+                    "cache.redis_url",
+                    "must be empty or a redis:// or rediss:// URL, e.g. redis://127.0.0.1:6379",
+                ));
+            }
+        }
+        if self.cache.key_prefix.len() > 64
+            || self.cache.key_prefix.chars().any(char::is_whitespace)
+        {
+            return Err(invalid(
+                "cache.key_prefix",
+                "must be at most 64 characters without whitespace",
+            ));
+        }
+        if self.cache.redis_timeout_ms == 0 {
+            return Err(invalid("cache.redis_timeout_ms", "must be at least 1"));
+        }
         if self.maintenance.run_lease_s == 0 {
             return Err(invalid("maintenance.run_lease_s", "must be at least 1"));
+        }
+        if self.maintenance.event_retention_s < 3600 {
+            return Err(invalid(
+                "maintenance.event_retention_s",
+                "must be at least 3600 seconds (a shorter log breaks ordinary reconnects)",
+            ));
+        }
+        if !(10..=60_000).contains(&self.events.poll_interval_ms) {
+            return Err(invalid(
+                "events.poll_interval_ms",
+                "must be between 10 and 60000 ms",
+            ));
+        }
+        if !(1..=300).contains(&self.events.keep_alive_s) {
+            return Err(invalid(
+                "events.keep_alive_s",
+                "must be between 1 and 300 seconds",
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.events.retry_ms) {
+            return Err(invalid(
+                "events.retry_ms",
+                "must be between 100 and 3600000 ms",
+            ));
+        }
+        if self.events.max_streams == 0 {
+            return Err(invalid("events.max_streams", "must be at least 1"));
         }
         for (name, integration) in &mut self.integrations {
             let key = format!("integrations.{name}");
@@ -699,6 +1056,12 @@ impl Settings {
                     key,
                     "integration names use lowercase letters, digits, '_' and '-'",
                 ));
+            }
+            // Development and test setups (SPEC: they set
+            // `security.allow_private_callbacks`) run their peers on loopback:
+            // that switch trusts every integration as well.
+            if self.security.allow_private_callbacks {
+                integration.trusted = true;
             }
             integration.validate(&key)?;
         }
@@ -790,6 +1153,16 @@ impl IntegrationSettings {
                 "must be an absolute http or https URL",
             ));
         }
+        if !self.trusted {
+            if let Some(host) = self.base_url.host() {
+                if crate::security::is_private_host(&host) {
+                    return Err(invalid(
+                        format!("{key}.base_url"),
+                        format!("{host} is not a public address; set `{key}.trusted = true` if this is an internal API you control"),
+                    ));
+                }
+            }
+        }
         if self.timeout_ms == 0 {
             return Err(invalid(format!("{key}.timeout_ms"), "must be at least 1"));
         }
@@ -842,6 +1215,10 @@ impl IntegrationSettings {
             }
             crate::integration::PathTemplate::parse(&settings.path)
                 .map_err(|p| invalid(format!("{key}.operations.{op}.path"), p))?;
+            check_roles(
+                &format!("{key}.operations.{op}.roles"),
+                settings.roles.as_deref(),
+            )?;
         }
         for (q, settings) in &self.queries {
             if !is_name(q) {
@@ -852,9 +1229,33 @@ impl IntegrationSettings {
             }
             crate::integration::PathTemplate::parse(&settings.path)
                 .map_err(|p| invalid(format!("{key}.queries.{q}.path"), p))?;
+            check_roles(
+                &format!("{key}.queries.{q}.roles"),
+                settings.roles.as_deref(),
+            )?;
         }
         Ok(())
     }
+}
+
+/// A configured role list must be non-empty and name only known roles.
+fn check_roles(key: &str, roles: Option<&[String]>) -> Result<(), ConfigError> {
+    let Some(roles) = roles else {
+        return Ok(());
+    };
+    if roles.is_empty() {
+        return Err(invalid(
+            key,
+            "must name at least one role (omit it for the default)",
+        ));
+    }
+    if let Some(bad) = roles.iter().find(|r| crate::auth::Role::parse(r).is_none()) {
+        return Err(invalid(
+            key,
+            format!("unknown role `{bad}`; roles are client, reader and admin"),
+        ));
+    }
+    Ok(())
 }
 
 fn is_name(s: &str) -> bool {
@@ -903,6 +1304,38 @@ mod tests {
     }
 
     #[test]
+    fn job_mac_keys_and_redact_fields_are_checked() {
+        let s = Settings::defaults().expect("defaults");
+        assert!(s.security.uses_dev_job_mac_key());
+        assert_eq!(
+            s.security.redact_fields,
+            DEFAULT_REDACT_FIELDS
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect::<Vec<_>>(),
+            "config/default.toml and DEFAULT_REDACT_FIELDS agree"
+        );
+        for (keys, problem) in [
+            (vec![], "at least one"),
+            (vec!["m1:c2hvcnQ="], "32 bytes, got 5"),
+            (vec!["bad id:c2hvcnQ="], "entry 1"),
+        ] {
+            let mut s = Settings::defaults().expect("defaults");
+            s.security.job_mac_keys = keys.iter().map(|k| SecretString::from(*k)).collect();
+            let err = s.validate().expect_err("must fail").to_string();
+            assert!(
+                err.contains("security.job_mac_keys") && err.contains(problem),
+                "{err}"
+            );
+            assert!(!err.contains("c2hvcnQ"), "{err}");
+        }
+        let mut s = Settings::defaults().expect("defaults");
+        s.security.redact_fields = vec!["password".into(), " ".into()];
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("security.redact_fields"), "{err}");
+    }
+
+    #[test]
     fn mask_url_hides_password_only() {
         assert_eq!(
             mask_url("postgres://u:pw@h:5432/db"),
@@ -917,6 +1350,99 @@ mod tests {
         s.auth.jwt_secret = SecretString::from("short");
         let err = s.validate().expect_err("must fail").to_string();
         assert!(err.contains("auth.jwt_secret"), "{err}");
+    }
+
+    #[test]
+    fn auth_limits_are_named() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.auth.leeway_s = 61;
+        let err = s.validate().expect_err("leeway").to_string();
+        assert!(err.contains("auth.leeway_s"), "{err}");
+        for lifetime in [0, MAX_TOKEN_LIFETIME_S + 1] {
+            let mut s = Settings::defaults().expect("defaults");
+            s.auth.max_token_lifetime_s = lifetime;
+            let err = s.validate().expect_err("lifetime").to_string();
+            assert!(err.contains("auth.max_token_lifetime_s"), "{err}");
+        }
+        let mut s = Settings::defaults().expect("defaults");
+        s.auth.algorithm = "HS512".into();
+        let err = s.validate().expect_err("algorithm").to_string();
+        assert!(err.contains("auth.algorithm"), "{err}");
+        let mut s = Settings::defaults().expect("defaults");
+        s.auth.algorithm = "ES256".into();
+        s.auth.public_key_file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/test-only-rsa-public.pem"
+        )
+        .into();
+        let err = s.validate().expect_err("RSA key for ES256").to_string();
+        assert!(err.contains("auth.public_key_file"), "{err}");
+    }
+
+    #[test]
+    fn unknown_or_empty_roles_are_named() {
+        let base = || {
+            let mut s = Settings::defaults().expect("defaults");
+            s.integrations.insert(
+                "v".into(),
+                IntegrationSettings {
+                    base_url: Url::parse("http://127.0.0.1:1").expect("url"),
+                    timeout_ms: 1000,
+                    max_attempts: 1,
+                    retry_backoff_ms: 1,
+                    max_response_bytes: 10,
+                    credential: None,
+                    trusted: true,
+                    operations: [(
+                        "op".to_owned(),
+                        OperationSettings {
+                            method: WriteMethod::Post,
+                            path: "/x".into(),
+                            fallback: None,
+                            roles: Some(vec!["client".into(), "reader".into()]),
+                        },
+                    )]
+                    .into(),
+                    queries: [(
+                        "q".to_owned(),
+                        QuerySettings {
+                            path: "/q".into(),
+                            cache_ttl_s: 1,
+                            stale_if_error_s: 1,
+                            fallback: None,
+                            roles: None,
+                        },
+                    )]
+                    .into(),
+                    retry_horizon_s: 3600,
+                    throttle: Default::default(),
+                    breaker: Default::default(),
+                },
+            );
+            s
+        };
+        assert!(base().validate().is_ok());
+        let mut s = base();
+        s.integrations
+            .get_mut("v")
+            .expect("v")
+            .operations
+            .get_mut("op")
+            .expect("op")
+            .roles = Some(vec!["client".into(), "superuser".into()]);
+        let err = s.validate().expect_err("unknown role").to_string();
+        assert!(err.contains("integrations.v.operations.op.roles"), "{err}");
+        assert!(err.contains("superuser"), "{err}");
+        let mut s = base();
+        s.integrations
+            .get_mut("v")
+            .expect("v")
+            .queries
+            .get_mut("q")
+            .expect("q")
+            .roles = Some(vec![]);
+        let err = s.validate().expect_err("empty roles").to_string();
+        assert!(err.contains("integrations.v.queries.q.roles"), "{err}");
     }
 
     #[test]
@@ -955,6 +1481,87 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limit_keys_are_validated_by_name() {
+        type Breaker = fn(&mut Settings);
+        let cases: [(&str, Breaker); 5] = [
+            ("server.admin_bind", |s| {
+                s.server.admin_bind = "nowhere".into()
+            }),
+            ("server.admin_bind", |s| {
+                s.server.bind = "127.0.0.1:8080".into();
+                s.server.admin_bind = "127.0.0.1:8080".into();
+            }),
+            ("server.max_header_bytes", |s| {
+                s.server.max_header_bytes = 10
+            }),
+            ("limits.per_ip_burst", |s| {
+                s.limits.per_ip_per_s = 5;
+                s.limits.per_ip_burst = 0;
+            }),
+            ("limits.per_client_burst", |s| {
+                s.limits.per_client_per_s = 5;
+                s.limits.per_client_burst = 0;
+            }),
+        ];
+        for (key, break_it) in cases {
+            let mut s = Settings::defaults().expect("defaults");
+            break_it(&mut s);
+            let err = s.validate().expect_err("must fail").to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let mut s = Settings::defaults().expect("defaults");
+        s.limits.per_ip_per_s = 0;
+        s.limits.per_ip_burst = 0;
+        s.server.admin_bind = "127.0.0.1:0".into();
+        assert!(
+            s.validate().is_ok(),
+            "0 = off needs no burst; admin_bind may be port 0"
+        );
+    }
+
+    #[test]
+    fn read_side_keys_are_validated_and_named() {
+        let s = Settings::defaults().expect("defaults");
+        assert_eq!(s.query.max_staleness_ms, 1_000);
+        assert_eq!(s.query.batch_max_queries, 20);
+        assert!(
+            s.cache.redis_url.expose_secret().is_empty(),
+            "moka by default"
+        );
+        type Tweak = fn(&mut Settings);
+        let cases: [(Tweak, &str); 6] = [
+            (
+                |s| s.query.max_staleness_ms = MAX_STALENESS_MS + 1,
+                "query.max_staleness_ms",
+            ),
+            (
+                |s| s.query.read_your_writes_ms = MAX_READ_YOUR_WRITES_MS + 1,
+                "query.read_your_writes_ms",
+            ),
+            (|s| s.query.batch_max_queries = 0, "query.batch_max_queries"),
+            (
+                |s| s.cache.redis_url = SecretString::from("http://127.0.0.1:6379"),
+                "cache.redis_url",
+            ),
+            (
+                |s| s.cache.key_prefix = "has space".into(),
+                "cache.key_prefix",
+            ),
+            (|s| s.cache.redis_timeout_ms = 0, "cache.redis_timeout_ms"),
+        ];
+        for (tweak, key) in cases {
+            let mut s = Settings::defaults().expect("defaults");
+            tweak(&mut s);
+            let err = s.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let mut s = Settings::defaults().expect("defaults");
+        s.cache.redis_url = SecretString::from("redis://127.0.0.1:6379/0");
+        s.query.max_staleness_ms = 0;
+        assert!(s.validate().is_ok(), "Redis URL and caching off are valid");
+    }
+
+    #[test]
     fn rotation_grace_is_bounded() {
         let mut s = Settings::defaults().expect("defaults");
         s.delivery.secret_rotation_grace_s = MAX_SECRET_ROTATION_GRACE_S + 1;
@@ -963,6 +1570,29 @@ mod tests {
         let mut s = Settings::defaults().expect("defaults");
         s.delivery.secret_rotation_grace_s = 0;
         assert!(s.validate().is_ok(), "0 = the old secret stops at once");
+    }
+
+    #[test]
+    fn event_settings_are_checked_and_named() {
+        type Break = fn(&mut Settings);
+        let cases: [(&str, Break); 6] = [
+            ("events.poll_interval_ms", |s| s.events.poll_interval_ms = 0),
+            ("events.keep_alive_s", |s| s.events.keep_alive_s = 0),
+            ("events.retry_ms", |s| s.events.retry_ms = 10),
+            ("events.max_streams", |s| s.events.max_streams = 0),
+            ("maintenance.event_retention_s", |s| {
+                s.maintenance.event_retention_s = 60
+            }),
+            ("maintenance.purge_events_cron", |s| {
+                s.maintenance.purge_events_cron = "hourly".into()
+            }),
+        ];
+        for (key, break_it) in cases {
+            let mut s = Settings::defaults().expect("defaults");
+            break_it(&mut s);
+            let err = s.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]
@@ -976,6 +1606,7 @@ mod tests {
                 max_attempts: 1,
                 retry_backoff_ms: 1,
                 max_response_bytes: 10,
+                trusted: true,
                 credential: None,
                 operations: [(
                     "op".to_owned(),
@@ -983,6 +1614,7 @@ mod tests {
                         method: WriteMethod::Post,
                         path: "/x/{unclosed".into(),
                         fallback: None,
+                        roles: None,
                     },
                 )]
                 .into(),

@@ -29,7 +29,9 @@ use crate::integration::{
     backoff, CallOutcome, Integrations, PathTemplate, UpstreamRequest, UpstreamResult,
 };
 use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
+use crate::redact::Redactor;
 use crate::resilience::{Admission, Policies, RetryBudget};
+use crate::seal::{DeliverSeal, JobSealer, SealError};
 use crate::security::{ensure_signing_secrets, SecretSealer, SecretStoreError};
 
 /// Everything a job needs, shared by all job tasks.
@@ -58,6 +60,10 @@ pub struct DispatchContext {
     pub wake: Arc<Notify>,
     /// Opens the sealed signing secrets that the claim returns.
     pub sealer: Arc<SecretSealer>,
+    /// Verifies job seals before a job acts, and seals new deliveries.
+    pub job_sealer: Arc<JobSealer>,
+    /// Masks secrets in stored upstream results, receiver answers, errors and logs.
+    pub redactor: Arc<Redactor>,
 }
 
 /// The outbox dispatcher of one worker process.
@@ -84,6 +90,7 @@ impl Dispatcher {
         let mut listener = PgListener::connect_with(&self.ctx.pool).await?;
         listener.listen(outbox::CHANNEL).await?;
         let listen_task = tokio::spawn(listen(listener, self.ctx.wake.clone(), cancel.clone()));
+        let lag_task = tokio::spawn(sample_outbox_lag(self.ctx.pool.clone(), cancel.clone()));
 
         let concurrency = settings.dispatcher.concurrency;
         let batch = settings.dispatcher.claim_batch;
@@ -177,6 +184,7 @@ impl Dispatcher {
             }
         }
         listen_task.abort();
+        lag_task.abort();
         tracing::info!("dispatcher stopped");
         Ok(())
     }
@@ -286,6 +294,23 @@ async fn listen(mut listener: PgListener, wake: Arc<Notify>, cancel: Cancellatio
     }
 }
 
+/// How often a worker samples `hookrelay_outbox_lag_seconds`.
+const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Samples the age of the oldest ready job into its gauge until `cancel`.
+async fn sample_outbox_lag(pool: PgPool, cancel: CancellationToken) {
+    loop {
+        match outbox::oldest_ready_age(&pool).await {
+            Ok(age) => crate::metrics::outbox_lag(age.as_secs_f64()),
+            Err(e) => tracing::debug!(error = %e, "sampling the outbox lag failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LAG_SAMPLE_EVERY) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
     tokio::select! {
         () = tokio::time::sleep(d) => {}
@@ -302,7 +327,13 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
 )]
 async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
     let claims = u32::try_from(job.attempts).unwrap_or(u32::MAX);
-    let result = if claims > ctx.settings.dispatcher.max_claims {
+    let result = if nothing_to_do(&job) {
+        // A duplicate or late job for a finished command or delivery (the
+        // command's state, not the job row, decides): never act twice.
+        outbox::drop_job(&ctx.pool, &job).await
+    } else if let Err(error) = verify_seal(ctx, &job) {
+        quarantine(ctx, &job, &error).await
+    } else if claims > ctx.settings.dispatcher.max_claims {
         give_up(ctx, &job).await
     } else {
         match job.kind.as_str() {
@@ -323,6 +354,60 @@ async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
             tracing::error!(error = %e, "recording the job outcome failed; the job will run again after its lease")
         }
     }
+}
+
+/// Whether the job's command (execute) or delivery (deliver) has already
+/// finished, so the job has nothing left to do.
+fn nothing_to_do(job: &ClaimedJob) -> bool {
+    match job.kind.as_str() {
+        "execute" => CommandStatus::parse(&job.command_status).is_some_and(|s| s.is_terminal()),
+        "deliver" => {
+            job.delivery_status
+                .as_deref()
+                .and_then(DeliveryStatus::parse)
+                != Some(DeliveryStatus::Pending)
+        }
+        _ => false,
+    }
+}
+
+/// Checks the seal of the row the job acts on (see [`crate::seal`]).
+fn verify_seal(ctx: &DispatchContext, job: &ClaimedJob) -> Result<(), SealError> {
+    match job.kind.as_str() {
+        "execute" => ctx
+            .job_sealer
+            .verify_execute(job.command_seal.as_deref(), &job.execute_seal()),
+        "deliver" => match job.deliver_seal() {
+            Some(fields) => ctx
+                .job_sealer
+                .verify_deliver(job.delivery_seal.as_deref(), &fields),
+            None => Err(SealError::Missing),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Ends a job whose rows fail seal verification without running it (no
+/// upstream call, no callback): dead letter `integrity`, logged at error,
+/// counted in `hookrelay_jobs_quarantined_total`.
+async fn quarantine(
+    ctx: &DispatchContext,
+    job: &ClaimedJob,
+    error: &SealError,
+) -> sqlx::Result<bool> {
+    tracing::error!(
+        job_id = job.id,
+        kind = %job.kind,
+        command_id = %job.command_id,
+        delivery_id = ?job.delivery_id,
+        %error,
+        "job failed seal verification; quarantined without being executed"
+    );
+    let done = outbox::quarantine(&ctx.pool, job, &error.to_string()).await?;
+    if done {
+        crate::metrics::job_quarantined(&job.kind);
+    }
+    Ok(done)
 }
 
 /// Queues an outcome with the group writer and waits for its commit, marking
@@ -461,6 +546,7 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
                 .clone()
                 .or_else(|| result.status_code.map(|s| format!("HTTP {s}")))
                 .unwrap_or_default();
+            let error = ctx.redactor.text(&error).into_owned();
             tracing::info!(target: "hookrelay::command", %error, delay_ms = delay.as_millis() as u64, "upstream call failed; retrying");
             crate::metrics::upstream_retry(&job.integration, &job.operation);
             let done = outbox::retry_execute(&ctx.pool, job, delay, &error).await?;
@@ -568,6 +654,12 @@ async fn finish(
         CommandStatus::Succeeded => "command.succeeded",
         _ => "command.failed",
     };
+    // What the upstream said is outside text: masked before it is stored
+    // (commands.result) and before it becomes the callback's data.result.
+    let mut result = result.clone();
+    ctx.redactor.json_in_place(&mut result.body);
+    result.error = ctx.redactor.opt_text(result.error);
+    let result = &result;
     let body = WebhookBody {
         type_: event,
         timestamp: chrono::Utc::now(),
@@ -580,6 +672,14 @@ async fn finish(
         },
     };
     let payload = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let delivery_id = Uuid::now_v7();
+    let seal = ctx.job_sealer.seal_deliver(&DeliverSeal {
+        delivery_id,
+        command_id: job.command_id,
+        client_id: &job.client_id,
+        url: &job.callback_url,
+        payload: &payload,
+    });
     let done = record(
         ctx,
         job.id,
@@ -588,8 +688,10 @@ async fn finish(
             lease_token: job.lease_token,
             status,
             result: result.clone(),
-            delivery_id: Uuid::now_v7(),
+            delivery_id,
             payload,
+            url: job.callback_url.clone(),
+            seal: Some(seal),
         }),
     )
     .await?;
@@ -636,7 +738,7 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         return Ok(done);
     };
     let webhook_id = delivery_id.to_string();
-    let outcome = if secrets.is_empty() {
+    let mut outcome = if secrets.is_empty() {
         // Never send an unsigned webhook: record a failed attempt without
         // contacting the receiver; the schedule retries (and dead-letters).
         AttemptOutcome::not_sent(
@@ -648,6 +750,10 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
             .await
     };
     drop(host_slot);
+    // The receiver's answer is outside text: masked before it reaches the
+    // audit log, last_error or a log line.
+    outcome.response_body = ctx.redactor.opt_text(outcome.response_body);
+    outcome.error = ctx.redactor.opt_text(outcome.error);
     let settings = &ctx.settings.delivery;
     let next = if outcome.delivered() {
         AfterAttempt::Delivered
@@ -688,6 +794,14 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     .await?;
     if matches!(next, AfterAttempt::RetryIn(_)) {
         ctx.wake.notify_one();
+    }
+    if done && next == AfterAttempt::Delivered && job.trigger == "scheduled" {
+        // Accepted → delivered, as the database clock saw the acceptance. A
+        // replayed delivery's latency would include its time as a dead letter.
+        let latency = (chrono::Utc::now() - job.command_created_at)
+            .to_std()
+            .unwrap_or_default();
+        crate::metrics::command_delivery_latency(&job.integration, latency.as_secs_f64());
     }
     Ok(done)
 }

@@ -90,6 +90,21 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: String,
     },
+    /// 429 with `Retry-After` (whole seconds, ≥ 1): this caller (IP address or
+    /// client) exceeded an API rate limit (`[limits]`).
+    #[error("rate limit exceeded ({scope}); retry after {retry_after_s} s")]
+    RateLimited {
+        /// Which limit: `ip` or `client`.
+        scope: &'static str,
+        /// Seconds until a request would be admitted.
+        retry_after_s: u64,
+    },
+    /// 431: the request headers together exceed `server.max_header_bytes`.
+    #[error("request headers exceed {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// 502: the upstream failed.
     #[error("{0}")]
     BadGateway(String),
@@ -122,6 +137,10 @@ impl ApiError {
                 ("upstream-unavailable", "Upstream unavailable")
             }
             ApiError::Throttled { .. } => ("throttled", "Too many requests"),
+            ApiError::RateLimited { .. } => ("rate-limited", "Rate limit exceeded"),
+            ApiError::HeadersTooLarge { .. } => {
+                ("headers-too-large", "Request header fields too large")
+            }
             ApiError::BadGateway(_) => ("bad-gateway", "Upstream failed"),
             ApiError::Internal(_) => ("internal", "Internal server error"),
         }
@@ -182,7 +201,10 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) | ApiError::UpstreamUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Throttled { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -204,6 +226,9 @@ impl ResponseError for ApiError {
             ApiError::UpstreamUnavailable { retry_after, .. }
             | ApiError::Throttled { retry_after, .. } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after.as_str()));
+            }
+            ApiError::RateLimited { retry_after_s, .. } => {
+                resp.insert_header((header::RETRY_AFTER, retry_after_s.max(&1).to_string()));
             }
             _ => {}
         }

@@ -4,7 +4,10 @@
 //! template filled at intake) and the command's JSON body; clients never send
 //! raw URLs. Each integration has its own `reqwest::Client` (keep-alive pool,
 //! `timeout_ms`, no redirects, no system proxy) and optional credential header,
-//! marked sensitive so it is never logged.
+//! marked sensitive so it is never logged. Unless `integrations.NAME.trusted`,
+//! the client resolves names through [`crate::security::GuardedResolver`]
+//! (the SSRF guard of callbacks): a `base_url` that resolves to a loopback,
+//! private or link-local address fails the call instead of reaching it.
 //!
 //! [`Integration::call`] classifies the answer into a [`CallOutcome`]; the
 //! dispatcher owns what happens next (retry with backoff, or finish). This is
@@ -245,7 +248,18 @@ impl Integration {
     /// If the TLS backend cannot initialise or the credential is not a valid
     /// header value.
     pub fn new(name: &str, settings: &IntegrationSettings) -> anyhow::Result<Self> {
+        // SSRF guard: unless the operator marked the integration trusted, a
+        // base_url name is resolved through the guarded resolver, so a name
+        // that resolves (or rebinds) to a non-public address fails the call.
+        // Literal non-public addresses are refused by config validation.
+        let policy = crate::security::CallbackPolicy {
+            allow_private: settings.trusted,
+            ..Default::default()
+        };
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(crate::security::GuardedResolver {
+                policy: Arc::new(policy),
+            }))
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms.min(5_000)))
             .redirect(reqwest::redirect::Policy::none())

@@ -13,9 +13,11 @@
 //! | [`config`] | typed, layered, validated settings |
 //! | [`batch`] | group commit: one write per batch of concurrent callers (intake, outcomes) |
 //! | [`startup`] | `Application::build` / `run_until_stopped`: pools, HTTP server, dispatcher |
-//! | [`auth`] | JWT → [`auth::Principal`] extractor, roles |
+//! | [`auth`] | JWT verification (pinned algorithm, lifetime, `jti`) → [`auth::Principal`], roles |
+//! | [`authz`] | the route × role table and the middleware that enforces it |
 //! | [`command`] | write side: `POST /v1/commands`, group intake, signing secret |
-//! | [`query`] | read side: status documents, lists, delivery audit log (read pool) |
+//! | [`query`] | read side: status documents (cached: moka, or Redis), lists, delivery audit log (read pool, read-your-writes), upstream and batch queries |
+//! | [`events`] | the event log (trigger-written `command_events`), gap-free `(xid, id)` order, the per-process tailer and live feed |
 //! | [`outbox`] | the `jobs` table: claim with leases, conditional outcome writes |
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
 //! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
@@ -23,8 +25,11 @@
 //! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
 //! | [`resilience`] | per-integration throttle (GCRA, in-flight, vendor headers), circuit breaker, retry budget |
 //! | [`admin`] | admin diagnostics: `GET /v1/admin/integrations` |
+//! | [`limits`] | abuse limits middleware: per-IP / per-client rate limits, header size, admin listener split |
 //! | [`metrics`] | Prometheus series |
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
+//! | [`seal`] | sealed outbox jobs: HMAC seals over what a job acts on, verified before it acts |
+//! | [`redact`] | the redaction layer for stored upstream bodies, the attempt log, errors and logs |
 //! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage, rotation |
 //! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses) |
 //! | [`error`] | `application/problem+json` error policy |
@@ -33,6 +38,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod authz;
 pub mod batch;
 pub mod command;
 pub mod config;
@@ -41,15 +47,19 @@ pub mod delivery;
 pub mod dispatcher;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod http_util;
 pub mod integration;
+pub mod limits;
 pub mod maintenance;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod query;
+pub mod redact;
 pub mod resilience;
+pub mod seal;
 pub mod security;
 pub mod startup;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The `hookrelay` binary: `serve`, `migrate` and `token` (SPEC "Running"),
-//! and `reseal-secrets` for retiring a signing-secret encryption key.
+//! `reseal-secrets` for retiring a signing-secret encryption key, and
+//! `reseal-jobs` for retiring a job MAC key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,7 +39,7 @@ enum Command {
         /// A role (client, admin, reader); repeat for several.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
-        /// Lifetime in seconds.
+        /// Lifetime in seconds (at most auth.max_token_lifetime_s).
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
@@ -46,6 +47,10 @@ enum Command {
     /// security.signing_key_encryption_keys, so older keys can be removed.
     /// Exits 1 if a stored secret opens with no configured key.
     ResealSecrets,
+    /// Re-seal every live job's command or delivery with the first key of
+    /// security.job_mac_keys, so older keys can be removed. Rows whose seal
+    /// does not verify are left as they are; exits 1 if there are any.
+    ResealJobs,
 }
 
 fn main() -> ExitCode {
@@ -58,15 +63,19 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Token { sub, roles, ttl } = &cli.command {
-        let keys = hookrelay::auth::JwtKeys::new(&settings.auth);
-        return match keys.mint(sub, roles, *ttl) {
+        // Settings::load validated the keys; every failure left is a
+        // configuration problem (no private key, --ttl over the maximum): 2.
+        let minted = hookrelay::auth::JwtKeys::new(&settings.auth)
+            .map_err(anyhow::Error::from)
+            .and_then(|keys| keys.mint(sub, roles, *ttl));
+        return match minted {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("cannot mint token: {e}");
-                ExitCode::FAILURE
+                ExitCode::from(2)
             }
         };
     }
@@ -117,6 +126,24 @@ fn main() -> ExitCode {
                         "{} stored signing secrets open with no configured key (logged above); \
                          keep the old keys configured until this is resolved",
                         report.unopenable
+                    );
+                }
+                Ok(())
+            }
+            Command::ResealJobs => {
+                let url = settings.database.url.expose_secret();
+                let pool =
+                    hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
+                let sealer =
+                    hookrelay::seal::JobSealer::from_keys(&settings.security.job_mac_keys)?;
+                let key = sealer.key_ids().next().unwrap_or_default().to_owned();
+                let report = hookrelay::seal::reseal_jobs(&pool, &sealer).await?;
+                println!("re-sealed {} job rows with key `{key}`", report.resealed);
+                if report.unverified > 0 {
+                    anyhow::bail!(
+                        "{} job rows do not verify (logged above): they were altered or their key \
+                         is gone; they stay quarantined, and were not re-sealed",
+                        report.unverified
                     );
                 }
                 Ok(())

@@ -16,6 +16,10 @@
 //!   after `idempotency_key_ttl_s`, so the key can be used again (a command
 //!   still running keeps its key, which is forwarded upstream on every try);
 //! - `retire_signing_secrets`: delete rotated secrets whose grace has ended;
+//! - `purge_token_jtis`: forget recorded token `jti`s (`auth.require_jti`)
+//!   whose token has expired, since an expired token is refused anyway;
+//! - `purge_events`: delete event-log rows (`command_events`, the SSE
+//!   history) older than `event_retention_s`;
 //! - run records older than 7 days are dropped hourly by the scheduler; a run
 //!   that failed 5 times is not claimed again (its `last_error` says why).
 //!
@@ -43,6 +47,10 @@ pub enum Task {
     ExpireIdempotencyKeys,
     /// Delete signing secrets past their rotation grace.
     RetireSigningSecrets,
+    /// Delete recorded `jti`s of expired tokens.
+    PurgeTokenJtis,
+    /// Delete events older than the event retention.
+    PurgeEvents,
 }
 
 impl Task {
@@ -52,6 +60,8 @@ impl Task {
             Task::PurgeAttemptBodies => "purge_attempt_bodies",
             Task::ExpireIdempotencyKeys => "expire_idempotency_keys",
             Task::RetireSigningSecrets => "retire_signing_secrets",
+            Task::PurgeTokenJtis => "purge_token_jtis",
+            Task::PurgeEvents => "purge_events",
         }
     }
 
@@ -60,6 +70,8 @@ impl Task {
             Task::PurgeAttemptBodies,
             Task::ExpireIdempotencyKeys,
             Task::RetireSigningSecrets,
+            Task::PurgeTokenJtis,
+            Task::PurgeEvents,
         ]
         .into_iter()
         .find(|t| t.name() == name)
@@ -100,6 +112,14 @@ impl Scheduler {
             (
                 Task::RetireSigningSecrets,
                 parse_cron(&settings.retire_signing_secrets_cron).map_err(anyhow::Error::msg)?,
+            ),
+            (
+                Task::PurgeTokenJtis,
+                parse_cron(&settings.purge_token_jtis_cron).map_err(anyhow::Error::msg)?,
+            ),
+            (
+                Task::PurgeEvents,
+                parse_cron(&settings.purge_events_cron).map_err(anyhow::Error::msg)?,
             ),
         ];
         Ok(Scheduler {
@@ -267,11 +287,26 @@ async fn execute(pool: &PgPool, settings: &MaintenanceSettings, task: Task) -> s
                      WHERE expires_at IS NOT NULL AND expires_at < now() - make_interval(secs => $1)
                      LIMIT $2))"
         }
+        Task::PurgeTokenJtis => {
+            "DELETE FROM token_jtis
+              WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM token_jtis
+                     WHERE expires_at < now() - make_interval(secs => $1)
+                     LIMIT $2))"
+        }
+        Task::PurgeEvents => {
+            "DELETE FROM command_events
+              WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM command_events
+                     WHERE created_at < now() - make_interval(secs => $1)
+                     LIMIT $2))"
+        }
     };
     let age = match task {
         Task::PurgeAttemptBodies => settings.attempt_body_retention_s,
         Task::ExpireIdempotencyKeys => settings.idempotency_key_ttl_s,
-        Task::RetireSigningSecrets => 0,
+        Task::RetireSigningSecrets | Task::PurgeTokenJtis => 0,
+        Task::PurgeEvents => settings.event_retention_s,
     };
     let mut total = 0;
     loop {
@@ -313,6 +348,8 @@ mod tests {
             Task::PurgeAttemptBodies,
             Task::ExpireIdempotencyKeys,
             Task::RetireSigningSecrets,
+            Task::PurgeTokenJtis,
+            Task::PurgeEvents,
         ] {
             assert_eq!(Task::parse(t.name()), Some(t));
         }

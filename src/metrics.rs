@@ -21,9 +21,17 @@
 //! | `hookrelay_fallbacks_total` | counter | `integration`, `operation` | calls answered by a fallback |
 //! | `hookrelay_delivery_attempts_total` | counter | `outcome` | webhook attempts by what follows them |
 //! | `hookrelay_delivery_attempt_duration_seconds` | histogram | — | wall time of webhook attempts |
+//! | `hookrelay_jobs_quarantined_total` | counter | `kind` | jobs that failed seal verification and were dead-lettered (`integrity`) without running |
+//! | `hookrelay_outbox_lag_seconds` | gauge | — | age of the oldest ready job (sampled by worker processes, [`outbox_lag`]) |
+//! | `hookrelay_command_delivery_latency_seconds` | histogram | `integration` | command accepted → its callback delivered ([`command_delivery_latency`]) |
+//! | `hookrelay_cache_requests_total` | counter | `endpoint`, `outcome` | read-side cache lookups ([`cache_request`]); hit ratio = `hit` / all |
+//! | `hookrelay_query_duration_seconds` | histogram | `endpoint` | wall time of read-side requests ([`query_answered`]) |
+//! | `hookrelay_cache_errors_total` | counter | `op` | Redis cache errors answered by falling back ([`cache_error`]) |
 //!
 //! Histograms use the buckets of [`DURATION_BUCKETS`] (5 ms … 30 s), which
-//! cover the default upstream timeout (10 s) and callback timeout (15 s).
+//! cover the default upstream timeout (10 s) and callback timeout (15 s);
+//! the end-to-end latency uses [`LATENCY_BUCKETS`] (10 ms … 1 h), since a
+//! callback may wait through retries.
 //!
 //! Label values come from configuration (integration and operation names) or
 //! from the fixed vocabularies documented on each function, so the number of
@@ -50,10 +58,33 @@ pub const BREAKER_STATE: &str = "hookrelay_circuit_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "hookrelay_circuit_breaker_transitions_total";
 /// Calls answered by a fallback (counter).
 pub const FALLBACKS: &str = "hookrelay_fallbacks_total";
+/// API requests refused by a rate limit, label `scope` (`ip`, `client`) (counter).
+pub const HTTP_RATE_LIMITED: &str = "hookrelay_http_rate_limited_total";
 /// Webhook attempts by outcome (counter).
 pub const DELIVERY_ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
 /// Webhook attempt wall time, seconds (histogram).
 pub const DELIVERY_DURATION: &str = "hookrelay_delivery_attempt_duration_seconds";
+
+/// Jobs quarantined after failing seal verification (counter).
+pub const JOBS_QUARANTINED: &str = "hookrelay_jobs_quarantined_total";
+/// Age of the oldest ready job, seconds (gauge).
+pub const OUTBOX_LAG: &str = "hookrelay_outbox_lag_seconds";
+/// Command accepted → callback delivered, seconds (histogram).
+pub const DELIVERY_LATENCY: &str = "hookrelay_command_delivery_latency_seconds";
+
+/// Bucket upper bounds of [`DELIVERY_LATENCY`], seconds: 10 ms to 1 h (a
+/// callback that needed retries takes minutes; the default schedule's second
+/// delay is 5 min).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0,
+    3600.0,
+];
+/// Read-side cache lookups by endpoint and outcome (counter).
+pub const CACHE_REQUESTS: &str = "hookrelay_cache_requests_total";
+/// Read-side request wall time, seconds (histogram).
+pub const QUERY_DURATION: &str = "hookrelay_query_duration_seconds";
+/// Redis cache errors (counter).
+pub const CACHE_ERRORS: &str = "hookrelay_cache_errors_total";
 
 /// Histogram bucket upper bounds, seconds: 5 ms to 30 s, roughly ×2–2.5 apart.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -85,6 +116,12 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(DELIVERY_LATENCY.to_owned()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
@@ -138,6 +175,23 @@ fn describe() {
     );
     describe_counter!(FALLBACKS, "Upstream calls answered by a fallback.");
     describe_counter!(
+        HTTP_RATE_LIMITED,
+        "API requests refused with 429 by a rate limit of [limits], by scope: ip, client."
+    );
+    describe_counter!(
+        CACHE_REQUESTS,
+        "Read-side requests by endpoint (status, list, attempts, dead_letters, upstream, batch) and cache outcome: hit, miss, stale, bypass."
+    );
+    describe_histogram!(
+        QUERY_DURATION,
+        metrics::Unit::Seconds,
+        "Wall time of read-side requests (status documents, lists, upstream queries), by endpoint."
+    );
+    describe_counter!(
+        CACHE_ERRORS,
+        "Redis cache errors (connect, get, set, del); the request fell back to the database or the upstream."
+    );
+    describe_counter!(
         DELIVERY_ATTEMPTS,
         "Webhook delivery attempts by what follows them: delivered, retry, dead_lettered."
     );
@@ -146,6 +200,38 @@ fn describe() {
         metrics::Unit::Seconds,
         "Wall time of webhook delivery attempts."
     );
+    describe_counter!(
+        JOBS_QUARANTINED,
+        "Outbox jobs that failed seal verification (their rows were altered) and were dead-lettered with reason integrity, without running, by kind: execute, deliver."
+    );
+    describe_gauge!(
+        OUTBOX_LAG,
+        metrics::Unit::Seconds,
+        "Age of the oldest ready outbox job (run_at <= now, not leased): how long work waits for a worker. 0 when nothing is ready."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        metrics::Unit::Seconds,
+        "Time from a command's acceptance to its callback being delivered (first delivery run; replays are not observed)."
+    );
+}
+
+/// A job failed seal verification and was quarantined
+/// (`hookrelay_jobs_quarantined_total`). `kind`: `"execute"` or `"deliver"`.
+pub fn job_quarantined(kind: &str) {
+    counter!(JOBS_QUARANTINED, "kind" => kind.to_owned()).increment(1);
+}
+
+/// Sets `hookrelay_outbox_lag_seconds`: the age of the oldest ready job,
+/// seconds (0 when none is ready). Sampled by every worker process.
+pub fn outbox_lag(seconds: f64) {
+    gauge!(OUTBOX_LAG).set(seconds);
+}
+
+/// A command's callback was delivered `seconds` after the command was
+/// accepted (`hookrelay_command_delivery_latency_seconds`).
+pub fn command_delivery_latency(integration: &str, seconds: f64) {
+    histogram!(DELIVERY_LATENCY, "integration" => integration.to_owned()).record(seconds);
 }
 
 /// One upstream call ended. Counts `hookrelay_upstream_requests_total` and,
@@ -185,6 +271,12 @@ pub fn upstream_retry(integration: &str, operation: &str) {
         "operation" => operation.to_owned(),
     )
     .increment(1);
+}
+
+/// An API request was refused by a `[limits]` rate limit
+/// (`hookrelay_http_rate_limited_total`); `scope` is `"ip"` or `"client"`.
+pub fn rate_limited(scope: &'static str) {
+    counter!(HTTP_RATE_LIMITED, "scope" => scope).increment(1);
 }
 
 /// A call was held back by the throttle (`hookrelay_upstream_throttled_total`).
@@ -258,6 +350,27 @@ pub fn delivery_attempt(outcome: &str, seconds: f64) {
     histogram!(DELIVERY_DURATION).record(seconds);
 }
 
+/// A read-side request ended: counts `hookrelay_cache_requests_total` and
+/// observes `hookrelay_query_duration_seconds`.
+///
+/// `endpoint`: `"status"`, `"list"`, `"attempts"`, `"dead_letters"`,
+/// `"upstream"` (one per query, also inside a batch) or `"batch"` (the batch
+/// request as a whole). `outcome`: `"hit"` (served from the cache), `"miss"`
+/// (read from the database or the upstream, possibly stored), `"stale"` (a
+/// stale copy served because the upstream failed), `"bypass"` (the cache was
+/// not consulted: long-poll, lists, caching off, errors).
+pub fn query_answered(endpoint: &'static str, outcome: &'static str, seconds: f64) {
+    counter!(CACHE_REQUESTS, "endpoint" => endpoint, "outcome" => outcome).increment(1);
+    histogram!(QUERY_DURATION, "endpoint" => endpoint).record(seconds);
+}
+
+/// A Redis cache operation failed (`hookrelay_cache_errors_total`).
+///
+/// `op`: `"connect"`, `"get"`, `"set"`, `"del"`, `"decode"`.
+pub fn cache_error(op: &'static str) {
+    counter!(CACHE_ERRORS, "op" => op).increment(1);
+}
+
 /// The metrics page, served without authentication.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format (version 0.0.4)",
@@ -284,6 +397,12 @@ mod tests {
             FALLBACKS,
             DELIVERY_ATTEMPTS,
             DELIVERY_DURATION,
+            JOBS_QUARANTINED,
+            OUTBOX_LAG,
+            DELIVERY_LATENCY,
+            CACHE_REQUESTS,
+            QUERY_DURATION,
+            CACHE_ERRORS,
         ];
         let rules = include_str!("../docs/alerts.yml");
         let used: Vec<&str> = rules
@@ -295,7 +414,9 @@ mod tests {
             let base = ["_bucket", "_count", "_sum"]
                 .iter()
                 .find_map(|suffix| series.strip_suffix(suffix))
-                .filter(|base| [UPSTREAM_DURATION, DELIVERY_DURATION].contains(base))
+                .filter(|base| {
+                    [UPSTREAM_DURATION, DELIVERY_DURATION, DELIVERY_LATENCY].contains(base)
+                })
                 .unwrap_or(series);
             assert!(
                 known.contains(&base),
@@ -312,6 +433,8 @@ mod tests {
         upstream_call("unit_test_int", "op", "open", 0.0);
         breaker_state("unit_test_int", "half_open");
         delivery_attempt("delivered", 0.2);
+        command_delivery_latency("unit_test_int", 1200.0);
+        outbox_lag(0.0);
         let page = second.render();
         // Same registry: the same samples (the order of series is not fixed).
         let sorted = |page: String| {
@@ -340,5 +463,9 @@ mod tests {
             page.contains("# HELP hookrelay_delivery_attempts_total"),
             "{page}"
         );
+        // The end-to-end latency has its own buckets, up to an hour.
+        assert!(page.contains("hookrelay_command_delivery_latency_seconds_bucket{integration=\"unit_test_int\",le=\"900\"} 0"), "{page}");
+        assert!(page.contains("hookrelay_command_delivery_latency_seconds_bucket{integration=\"unit_test_int\",le=\"1800\"} 1"), "{page}");
+        assert!(page.contains("hookrelay_outbox_lag_seconds"), "{page}");
     }
 }

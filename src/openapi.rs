@@ -16,7 +16,10 @@ use utoipa::{Modify, OpenApi};
         crate::query::list_commands,
         crate::query::list_attempts,
         crate::query::list_dead_letters,
+        crate::query::events::stream_events,
+        crate::query::events::stream_command_events,
         crate::query::upstream::get_query,
+        crate::query::upstream::batch_queries,
         crate::command::replay::replay_one,
         crate::command::replay::replay_bulk,
         crate::admin::integrations,
@@ -28,6 +31,7 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth),
     tags(
         (name = "commands", description = "Send commands and read their status"),
+        (name = "events", description = "Push stream of command and callback status changes (Server-Sent Events)"),
         (name = "signing", description = "Webhook signing secrets"),
         (name = "queries", description = "Read-only upstream calls through the cache"),
         (name = "dead-letters", description = "Inspect and replay dead-lettered deliveries (admin)"),

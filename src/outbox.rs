@@ -76,6 +76,42 @@ pub struct ClaimedJob {
     pub delivery_status: Option<String>,
     /// Active signing secrets, newest first (deliver jobs; empty if none yet).
     pub secrets: Option<Vec<String>>,
+    /// The command's callback URL (covered by the execute seal).
+    pub callback_url: String,
+    /// The command's seal (`commands.seal`; `None` once the command finished).
+    pub command_seal: Option<String>,
+    /// The delivery's seal (`deliveries.seal`, deliver jobs).
+    pub delivery_seal: Option<String>,
+}
+
+impl ClaimedJob {
+    /// The fields an execute job acts on, as covered by its command's seal.
+    pub fn execute_seal(&self) -> crate::seal::ExecuteSeal<'_> {
+        crate::seal::ExecuteSeal {
+            command_id: self.command_id,
+            client_id: &self.client_id,
+            integration: &self.integration,
+            operation: &self.operation,
+            method: &self.method,
+            path: &self.path,
+            params: &self.params.0,
+            body: self.body.as_ref().map(|b| &b.0),
+            callback_url: &self.callback_url,
+            idempotency_key: self.idempotency_key.as_deref(),
+        }
+    }
+
+    /// The fields a deliver job acts on, as covered by its delivery's seal
+    /// (`None` when the delivery row is missing).
+    pub fn deliver_seal(&self) -> Option<crate::seal::DeliverSeal<'_>> {
+        Some(crate::seal::DeliverSeal {
+            delivery_id: self.delivery_id?,
+            command_id: self.command_id,
+            client_id: &self.client_id,
+            url: self.url.as_deref()?,
+            payload: self.payload.as_deref()?,
+        })
+    }
 }
 
 /// Claims up to `limit` ready jobs for `lease`. Execute jobs' commands move
@@ -109,6 +145,7 @@ pub async fn claim(pool: &PgPool, limit: usize, lease: Duration) -> sqlx::Result
                c.idempotency_key, c.params, c.created_at AS command_created_at,
                c.status AS command_status,
                d.url, d.payload, d.status AS delivery_status,
+               c.callback_url, c.seal AS command_seal, d.seal AS delivery_seal,
                CASE WHEN cl.kind = 'deliver' THEN
                    ARRAY(SELECT s.secret FROM signing_secrets s
                           WHERE s.client_id = c.client_id
@@ -142,10 +179,18 @@ pub struct Finish {
     pub delivery_id: Uuid,
     /// The webhook body, serialised once.
     pub payload: String,
+    /// The callback URL the delivery is created with (the command's, as
+    /// claimed and verified).
+    pub url: String,
+    /// The delivery's seal over (delivery id, command id, client, `url`,
+    /// `payload`); `None` leaves it unsealed (its deliver job is then
+    /// quarantined).
+    pub seal: Option<String>,
 }
 
 /// Records ends of upstream calls in one statement: each command gets its
-/// final status and result, and its delivery plus a `deliver` job are created —
+/// final status and result (and loses its execute seal, so no execute job can
+/// verify against it again), and its sealed delivery plus a `deliver` job are created —
 /// only for jobs whose lease is still held. Returns, per input, whether it was
 /// written (`false`: the lease was lost, nothing written for that job).
 ///
@@ -155,21 +200,22 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
     let written: Vec<i64> = sqlx::query_scalar(
         r#"
         WITH input AS (
-            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $6::text[])
-                AS t(job_id, lease_token, status, result, delivery_id, payload)
+            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $6::text[],
+                                 $7::text[], $8::text[])
+                AS t(job_id, lease_token, status, result, delivery_id, payload, url, seal)
         ), j AS (
             DELETE FROM jobs USING input i
              WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token
          RETURNING jobs.id AS job_id, jobs.command_id
         ), c AS (
-            UPDATE commands SET status = i.status, result = i.result, updated_at = now()
+            UPDATE commands SET status = i.status, result = i.result, seal = NULL, updated_at = now()
               FROM j JOIN input i ON i.job_id = j.job_id
              WHERE commands.id = j.command_id
-         RETURNING j.job_id, commands.id AS command_id, commands.client_id, commands.callback_url,
-                   i.delivery_id, i.payload
+         RETURNING j.job_id, commands.id AS command_id, commands.client_id,
+                   i.delivery_id, i.payload, i.url, i.seal
         ), d AS (
-            INSERT INTO deliveries (id, command_id, client_id, url, payload)
-            SELECT delivery_id, command_id, client_id, callback_url, payload FROM c
+            INSERT INTO deliveries (id, command_id, client_id, url, payload, seal)
+            SELECT delivery_id, command_id, client_id, url, payload, seal FROM c
          RETURNING id, command_id
         ), n AS (
             INSERT INTO jobs (kind, command_id, delivery_id)
@@ -184,12 +230,15 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
     .bind(rows.iter().map(|r| Json(&r.result)).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.url.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.seal.as_deref()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(|r| written.contains(&r.job_id)).collect())
 }
 
-/// [`finish_batch`] for one job. Returns `false` when the lease was lost.
+/// [`finish_batch`] for one job, leaving the delivery unsealed (tools and
+/// tests; the dispatcher seals). Returns `false` when the lease was lost.
 ///
 /// # Errors
 /// Database errors.
@@ -208,6 +257,8 @@ pub async fn finish_execute(
         result: result.clone(),
         delivery_id,
         payload: payload.to_owned(),
+        url: job.callback_url.clone(),
+        seal: None,
     };
     Ok(finish_batch(pool, vec![&row])
         .await?
@@ -509,13 +560,16 @@ pub async fn defer(pool: &PgPool, job: &ClaimedJob, delay: Duration) -> sqlx::Re
 
 /// Which dead letters a replay (or its "more remain" check) matches: `d` is
 /// the delivery, `c` its command; `$1` an optional delivery id, `$2`–`$5` the
-/// [`ReplayFilter`] fields in order.
+/// [`ReplayFilter`] fields in order. Dead letters quarantined for `integrity`
+/// never match: their rows failed seal verification, so replaying them would
+/// only quarantine them again (docs/security.md).
 const DEAD_LETTER_MATCH: &str = "d.status = 'dead_lettered'
                AND ($1::uuid IS NULL OR d.id = $1)
                AND ($2::text IS NULL OR c.integration = $2)
                AND ($3::text IS NULL OR d.client_id = $3)
                AND ($4::timestamptz IS NULL OR d.dead_lettered_at >= $4)
-               AND ($5::timestamptz IS NULL OR d.dead_lettered_at < $5)";
+               AND ($5::timestamptz IS NULL OR d.dead_lettered_at < $5)
+               AND d.dead_letter_reason IS DISTINCT FROM 'integrity'";
 
 /// Whether any dead letter still matches `filter` (after a capped bulk replay).
 ///
@@ -583,6 +637,7 @@ pub async fn replay_dead_letters(
         ), j AS (
             INSERT INTO jobs (kind, command_id, delivery_id, trigger)
             SELECT 'deliver', command_id, id, 'replay' FROM d
+            ON CONFLICT (delivery_id) WHERE kind = 'deliver' DO NOTHING
         )
         SELECT count(*) FROM d
         "#
@@ -595,6 +650,62 @@ pub async fn replay_dead_letters(
     .bind(limit)
     .fetch_one(pool)
     .await
+}
+
+/// Quarantines a job that failed seal verification, in one statement and only
+/// while its lease is held: the job is deleted without being run; for an
+/// execute job the command becomes `failed` (result `{"status_code": null,
+/// "body": null, "error": "integrity: …"}`, seal cleared) and its delivery is
+/// created already dead-lettered; for a deliver job the delivery is
+/// dead-lettered. Reason `integrity`, `last_error` = `why`. Nothing is sent
+/// and no attempt is recorded. A delivery that is already `delivered` keeps
+/// its status. Returns `false` when the lease was lost.
+///
+/// # Errors
+/// Database errors (nothing is written then; the job is quarantined again
+/// when it is next claimed).
+pub async fn quarantine(pool: &PgPool, job: &ClaimedJob, why: &str) -> sqlx::Result<bool> {
+    let result = serde_json::json!({
+        "status_code": null,
+        "body": null,
+        "error": format!("integrity: {why}; not executed"),
+    });
+    let done: Option<i64> = sqlx::query_scalar(
+        r#"
+        WITH j AS (
+            DELETE FROM jobs WHERE id = $1 AND lease_token = $2
+         RETURNING id, kind, command_id, delivery_id
+        ), c AS (
+            UPDATE commands SET status = 'failed', result = $4, seal = NULL, updated_at = now()
+              FROM j
+             WHERE j.kind = 'execute' AND commands.id = j.command_id
+               AND commands.status IN ('accepted', 'in_progress')
+         RETURNING commands.id, commands.client_id, commands.callback_url
+        ), new_delivery AS (
+            INSERT INTO deliveries (id, command_id, client_id, url, payload, status, last_error,
+                                    dead_letter_reason, dead_lettered_at)
+            SELECT $5, c.id, c.client_id, c.callback_url, '', 'dead_lettered', $3, 'integrity', now()
+              FROM c
+            ON CONFLICT (command_id) DO NOTHING
+        ), d AS (
+            UPDATE deliveries
+               SET status = 'dead_lettered', dead_letter_reason = 'integrity', last_error = $3,
+                   dead_lettered_at = now(), updated_at = now()
+              FROM j
+             WHERE j.kind = 'deliver' AND deliveries.id = j.delivery_id
+               AND deliveries.status = 'pending'
+        )
+        SELECT id FROM j
+        "#,
+    )
+    .bind(job.id)
+    .bind(job.lease_token)
+    .bind(why)
+    .bind(Json(&result))
+    .bind(Uuid::now_v7())
+    .fetch_optional(pool)
+    .await?;
+    Ok(done.is_some())
 }
 
 /// Releases leases (graceful shutdown): the jobs are ready again at once, and
@@ -631,4 +742,19 @@ pub async fn time_to_next_job(pool: &PgPool) -> sqlx::Result<Option<Duration>> {
     .fetch_one(pool)
     .await?;
     Ok(secs.map(Duration::from_secs_f64))
+}
+
+/// Age of the oldest ready job — `run_at <= now()`; a claimed job's `run_at`
+/// is its lease end, so leased jobs are not ready until the lease expires —
+/// or zero when nothing is ready. One index probe on `jobs_run_at_idx`.
+///
+/// # Errors
+/// Database errors.
+pub async fn oldest_ready_age(pool: &PgPool) -> sqlx::Result<Duration> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (now() - min(run_at)))::float8 FROM jobs WHERE run_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Duration::from_secs_f64(secs.unwrap_or(0.0).max(0.0)))
 }

@@ -158,11 +158,12 @@ fn parse_reset(v: &str) -> Option<Duration> {
     if !n.is_finite() || n < 0.0 {
         return None;
     }
+    // `try_from`: a huge value (`1e300`) must not panic the caller.
     if n > 1e9 {
         let now = chrono::Utc::now().timestamp() as f64;
-        return Some(Duration::from_secs_f64((n - now).max(0.0)));
+        return Duration::try_from_secs_f64((n - now).max(0.0)).ok();
     }
-    Some(Duration::from_secs_f64(n))
+    Duration::try_from_secs_f64(n).ok()
 }
 
 #[derive(Debug)]

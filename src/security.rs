@@ -161,42 +161,20 @@ impl SecretSealer {
     /// # Errors
     /// [`KeyConfigError`] for the first bad entry (1-based), without key material.
     pub fn from_keys(entries: &[SecretString]) -> Result<SecretSealer, KeyConfigError> {
-        if entries.is_empty() {
-            return Err(KeyConfigError::Empty);
-        }
-        let mut keys: Vec<(String, XChaCha20Poly1305)> = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            let entry_no = i + 1;
-            let (id, encoded) = entry
-                .expose_secret()
-                .trim()
-                .split_once(':')
-                .ok_or(KeyConfigError::Format { entry: entry_no })?;
-            if !is_key_id(id) {
-                return Err(KeyConfigError::BadId { entry: entry_no });
-            }
-            if keys.iter().any(|(k, _)| k == id) {
-                return Err(KeyConfigError::DuplicateId { id: id.to_owned() });
-            }
-            let raw = Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| KeyConfigError::BadBase64 {
-                        entry: entry_no,
-                        id: id.to_owned(),
-                    })?,
-            );
-            let bad_length = || KeyConfigError::BadLength {
-                entry: entry_no,
-                id: id.to_owned(),
-                len: raw.len(),
-            };
-            if raw.len() != ENCRYPTION_KEY_BYTES {
-                return Err(bad_length());
-            }
-            let cipher = XChaCha20Poly1305::new_from_slice(&raw).map_err(|_| bad_length())?;
-            keys.push((id.to_owned(), cipher));
-        }
+        let keys = parse_keys(entries, ENCRYPTION_KEY_BYTES)?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, raw))| {
+                let cipher = XChaCha20Poly1305::new_from_slice(&raw).map_err(|_| {
+                    KeyConfigError::BadLength {
+                        entry: i + 1,
+                        id: id.clone(),
+                        len: raw.len(),
+                    }
+                })?;
+                Ok((id, cipher))
+            })
+            .collect::<Result<Vec<_>, KeyConfigError>>()?;
         Ok(SecretSealer { keys })
     }
 
@@ -289,6 +267,58 @@ impl SecretSealer {
             })
             .collect()
     }
+}
+
+/// One parsed key of a rotatable key list: its id and its raw bytes (wiped
+/// from memory on drop).
+pub type KeyEntry = (String, Zeroizing<Vec<u8>>);
+
+/// Parses a rotatable key list (`id:base64` entries, the first one current):
+/// ids of 1 to [`MAX_KEY_ID_LEN`] ASCII letters, digits, `.`, `_` or `-`,
+/// unique; keys of exactly `key_len` bytes in standard base64. Shared by
+/// `security.signing_key_encryption_keys` and `security.job_mac_keys`.
+///
+/// # Errors
+/// [`KeyConfigError`] for the first bad entry (1-based), without key material.
+pub fn parse_keys(
+    entries: &[SecretString],
+    key_len: usize,
+) -> Result<Vec<KeyEntry>, KeyConfigError> {
+    if entries.is_empty() {
+        return Err(KeyConfigError::Empty);
+    }
+    let mut keys: Vec<KeyEntry> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let entry_no = i + 1;
+        let (id, encoded) = entry
+            .expose_secret()
+            .trim()
+            .split_once(':')
+            .ok_or(KeyConfigError::Format { entry: entry_no })?;
+        if !is_key_id(id) {
+            return Err(KeyConfigError::BadId { entry: entry_no });
+        }
+        if keys.iter().any(|(k, _)| k == id) {
+            return Err(KeyConfigError::DuplicateId { id: id.to_owned() });
+        }
+        let raw = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| KeyConfigError::BadBase64 {
+                    entry: entry_no,
+                    id: id.to_owned(),
+                })?,
+        );
+        if raw.len() != key_len {
+            return Err(KeyConfigError::BadLength {
+                entry: entry_no,
+                id: id.to_owned(),
+                len: raw.len(),
+            });
+        }
+        keys.push((id.to_owned(), raw));
+    }
+    Ok(keys)
 }
 
 fn is_key_id(id: &str) -> bool {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,10 +22,16 @@ use crate::config::{Settings, DEV_JWT_SECRET};
 use crate::delivery::Sender;
 use crate::dispatcher::{DispatchContext, Dispatcher, HostLimits};
 use crate::error::{not_found, path_error_handler, query_error_handler};
+use crate::events::EventFeed;
 use crate::integration::Integrations;
+use crate::limits::{Guard, Listener};
 use crate::maintenance::Scheduler;
 use crate::outbox::Outcomes;
+use crate::query::cache::RedisCache;
+use crate::query::QueryState;
+use crate::redact::Redactor;
 use crate::resilience::{Policies, RetryBudget};
+use crate::seal::JobSealer;
 use crate::security::SecretSealer;
 use crate::telemetry::RootSpan;
 
@@ -59,13 +66,16 @@ impl ServeRole {
 /// A built, not yet running application.
 pub struct Application {
     port: Option<u16>,
-    server: Option<Server>,
+    admin_port: Option<u16>,
+    servers: Vec<Server>,
     dispatcher: Option<Dispatcher>,
     scheduler: Option<Scheduler>,
     intake_writers: Vec<JoinHandle<()>>,
+    event_tailer: Option<JoinHandle<()>>,
     outcome_writers: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
     pool: PgPool,
+    query_state: Option<Arc<QueryState>>,
 }
 
 impl Application {
@@ -77,7 +87,9 @@ impl Application {
     /// Database unreachable or setup failed ([`crate::db::DbError`]), the
     /// address cannot be bound, or an HTTP client cannot be built.
     pub async fn build(settings: Settings, role: ServeRole) -> anyhow::Result<Application> {
-        if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
+        if settings.auth.algorithm == "HS256"
+            && settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET
+        {
             tracing::warn!(
                 "auth.jwt_secret is the development default; set your own before production use"
             );
@@ -88,12 +100,24 @@ impl Application {
                  signing secrets sealed with it are not protected at rest. Set your own before production use"
             );
         }
+        if settings.security.uses_dev_job_mac_key() {
+            tracing::warn!(
+                "security.job_mac_keys contains the public development key; \
+                 job seals made with it do not stop someone who can write to the database. \
+                 Set your own before production use"
+            );
+        }
         // Before anything records: the recorder is process-global.
         let metrics = crate::metrics::install();
         let sealer = Arc::new(
             SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
                 .context("security.signing_key_encryption_keys")?,
         );
+        let job_sealer = Arc::new(
+            JobSealer::from_keys(&settings.security.job_mac_keys)
+                .context("security.job_mac_keys")?,
+        );
+        let redactor = Arc::new(Redactor::from_settings(&settings));
         let settings = Arc::new(settings);
         let (primary, read) = crate::db::pools(&settings.database, true).await?;
         let integrations = Arc::new(Integrations::from_settings(&settings.integrations)?);
@@ -124,6 +148,8 @@ impl Application {
                 ),
                 wake: Arc::new(tokio::sync::Notify::new()),
                 sealer: sealer.clone(),
+                job_sealer: job_sealer.clone(),
+                redactor,
             }))
         } else {
             None
@@ -138,44 +164,66 @@ impl Application {
             None
         };
 
-        let (port, server, intake_writers) = if role.api() {
-            let listener = TcpListener::bind(&settings.server.bind).map_err(|e| {
-                anyhow::anyhow!("cannot bind server.bind = {}: {e}", settings.server.bind)
-            })?;
-            let port = listener.local_addr()?.port();
+        // Every role builds the read-side state: the admin listener of a
+        // worker serves read handlers too (dead letters).
+        let redis = RedisCache::from_settings(&settings.cache)?;
+        let query_state = Arc::new(QueryState::new(&settings, redis.clone(), policies.clone()));
+        let (intake, events, intake_writers, event_tailer) = if role.api() {
             let (intake, writers) = Intake::start(
                 primary.clone(),
+                job_sealer,
                 settings.commands.intake_writers,
                 settings.commands.intake_batch_max,
                 Duration::from_millis(settings.commands.intake_batch_window_ms),
             );
-            let server = http_server(
-                listener,
-                settings.clone(),
-                HttpState {
-                    primary: primary.clone(),
-                    read,
-                    intake,
-                    sealer,
-                    policies: policies.clone(),
-                    integrations: integrations.clone(),
-                    metrics,
-                },
-            )?;
-            (Some(port), Some(server), writers)
+            let (events, tailer) = EventFeed::start(
+                primary.clone(),
+                read.clone(),
+                &settings.events,
+                cancel.clone(),
+            );
+            // Every state change in the event log invalidates the cached
+            // status document (in Redis: for every instance).
+            tokio::spawn(
+                query_state
+                    .clone()
+                    .invalidate_from_events(events.subscribe()),
+            );
+            (Some(intake), Some(events), writers, Some(tailer))
         } else {
-            (None, None, Vec::new())
+            (None, None, Vec::new(), None)
         };
+        let listeners = SharedData::new(
+            &settings,
+            HttpState {
+                primary: primary.clone(),
+                read,
+                intake,
+                events,
+                sealer,
+                policies: policies.clone(),
+                integrations: integrations.clone(),
+                metrics,
+                query_state: query_state.clone(),
+                redis,
+            },
+        )
+        .and_then(|shared| listen(&settings, role, shared));
+        // A failure here must also stop the event tailer started above.
+        let (port, admin_port, servers) = listeners.inspect_err(|_| cancel.cancel())?;
 
         Ok(Application {
             port,
-            server,
+            admin_port,
+            servers,
             dispatcher,
             scheduler,
             intake_writers,
+            event_tailer,
             outcome_writers,
             cancel,
             pool: primary,
+            query_state: Some(query_state),
         })
     }
 
@@ -184,9 +232,21 @@ impl Application {
         self.port
     }
 
+    /// The bound admin port (`server.admin_bind`, any role), useful with
+    /// `server.admin_bind = "…:0"`; `None` when the admin listener is off.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
+    }
+
     /// The primary pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The read side's state (API role): its status-document cache exposes
+    /// [`StatusCache::invalidate`] for command-state changes.
+    pub fn query_state(&self) -> Option<Arc<QueryState>> {
+        self.query_state.clone()
     }
 
     /// Cancelling this token shuts the application down gracefully, as SIGTERM does.
@@ -220,21 +280,34 @@ impl Application {
 
         let scheduler = self.scheduler.map(|s| tokio::spawn(s.run(cancel.clone())));
 
-        if let Some(server) = self.server {
-            let handle = server.handle();
-            let stopper = cancel.clone();
-            tokio::spawn(async move {
-                stopper.cancelled().await;
-                handle.stop(true).await;
-            });
-            let served = server.await;
-            cancel.cancel();
-            served?;
-        } else {
+        if self.servers.is_empty() {
             cancel.cancelled().await;
+        } else {
+            // Either listener ending (or failing) stops the whole process.
+            let served = futures_util::future::join_all(self.servers.into_iter().map(|server| {
+                let handle = server.handle();
+                let stopper = cancel.clone();
+                tokio::spawn(async move {
+                    stopper.cancelled().await;
+                    handle.stop(true).await;
+                });
+                let cancel = cancel.clone();
+                async move {
+                    let result = server.await;
+                    cancel.cancel();
+                    result
+                }
+            }))
+            .await;
+            for result in served {
+                result?;
+            }
         }
         for writer in self.intake_writers {
             let _ = writer.await;
+        }
+        if let Some(tailer) = self.event_tailer {
+            let _ = tailer.await;
         }
         if let Some(s) = scheduler {
             s.await?;
@@ -277,52 +350,134 @@ async fn stop_on_signal(cancel: CancellationToken) {
 struct HttpState {
     primary: PgPool,
     read: PgPool,
-    intake: Intake,
+    /// `None` in the worker role (its admin listener takes no commands).
+    intake: Option<Intake>,
+    /// The event-log tail; `None` in the worker role (no streams there).
+    events: Option<EventFeed>,
     sealer: Arc<SecretSealer>,
     policies: Arc<Policies>,
     integrations: Arc<Integrations>,
     metrics: PrometheusHandle,
+    query_state: Arc<QueryState>,
+    /// The shared cache (`cache.redis_url`), if configured.
+    redis: Option<Arc<RedisCache>>,
 }
 
+/// The app data of every listener, built once per process.
+#[derive(Clone)]
+struct SharedData {
+    integrations: web::Data<Arc<Integrations>>,
+    query_cache: web::Data<crate::query::upstream::QueryCache>,
+    policies: web::Data<Arc<Policies>>,
+    keys: web::Data<JwtKeys>,
+    authz: web::Data<crate::authz::Authz>,
+    settings: web::Data<Arc<Settings>>,
+    write_pool: web::Data<WritePool>,
+    read_pool: web::Data<ReadPool>,
+    intake: Option<web::Data<Intake>>,
+    events: Option<web::Data<EventFeed>>,
+    sealer: web::Data<SecretSealer>,
+    metrics: web::Data<PrometheusHandle>,
+    query_state: web::Data<QueryState>,
+}
+
+impl SharedData {
+    fn new(settings: &Arc<Settings>, state: HttpState) -> anyhow::Result<Self> {
+        Ok(SharedData {
+            integrations: web::Data::new(state.integrations),
+            query_cache: web::Data::new(crate::query::upstream::QueryCache::new(
+                settings.query.upstream_cache_capacity,
+                state.redis,
+            )),
+            policies: web::Data::new(state.policies),
+            keys: web::Data::new(JwtKeys::new(&settings.auth)?),
+            authz: web::Data::new(crate::authz::Authz::from_settings(settings)),
+            settings: web::Data::new(settings.clone()),
+            write_pool: web::Data::new(WritePool(state.primary)),
+            read_pool: web::Data::new(ReadPool(state.read)),
+            intake: state.intake.map(web::Data::new),
+            events: state.events.map(web::Data::new),
+            sealer: web::Data::from(state.sealer),
+            metrics: web::Data::new(state.metrics),
+            query_state: web::Data::from(state.query_state),
+        })
+    }
+}
+
+/// Binds `server.bind` (API role) and `server.admin_bind` (when set, any
+/// role) and builds their servers: `(port, admin_port, servers)`.
+fn listen(
+    settings: &Arc<Settings>,
+    role: ServeRole,
+    shared: SharedData,
+) -> anyhow::Result<(Option<u16>, Option<u16>, Vec<Server>)> {
+    let mut servers = Vec::new();
+    let (mut port, mut admin_port) = (None, None);
+    let admin_split = !settings.server.admin_bind.is_empty();
+    if role.api() {
+        let listener = TcpListener::bind(&settings.server.bind).map_err(|e| {
+            anyhow::anyhow!("cannot bind server.bind = {}: {e}", settings.server.bind)
+        })?;
+        port = Some(listener.local_addr()?.port());
+        let kind = if admin_split {
+            Listener::Public
+        } else {
+            Listener::Combined
+        };
+        servers.push(http_server(listener, settings, shared.clone(), kind)?);
+    }
+    if admin_split {
+        let listener = TcpListener::bind(&settings.server.admin_bind).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot bind server.admin_bind = {}: {e}",
+                settings.server.admin_bind
+            )
+        })?;
+        admin_port = Some(listener.local_addr()?.port());
+        servers.push(http_server(listener, settings, shared, Listener::Admin)?);
+    }
+    Ok((port, admin_port, servers))
+}
+
+/// One HTTP server on `listener`. Every listener registers every route; the
+/// [`crate::limits::guard`] middleware decides which paths `kind` serves
+/// (404 for the others), and applies the header-size and rate limits.
 fn http_server(
     listener: TcpListener,
-    settings: Arc<Settings>,
-    state: HttpState,
+    settings: &Settings,
+    shared: SharedData,
+    kind: Listener,
 ) -> anyhow::Result<Server> {
-    let HttpState {
-        primary,
-        read,
-        intake,
-        sealer,
-        policies,
-        integrations,
-        metrics,
-    } = state;
-    let integrations = web::Data::new(integrations);
-    let query_cache = web::Data::new(crate::query::upstream::QueryCache::new(10_000));
-    let policies = web::Data::new(policies);
-    let keys = web::Data::new(JwtKeys::new(&settings.auth));
-    let settings_data = web::Data::new(settings.clone());
-    let write_pool = web::Data::new(WritePool(primary));
-    let read_pool = web::Data::new(ReadPool(read));
-    let intake = web::Data::new(intake);
-    let sealer = web::Data::from(sealer);
-    let metrics = web::Data::new(metrics);
+    let guard = web::Data::new(Guard::new(kind, &settings.server, &settings.limits));
     let mut server = HttpServer::new(move || {
-        App::new()
-            .wrap(TracingLogger::<RootSpan>::new())
-            .app_data(keys.clone())
-            .app_data(settings_data.clone())
-            .app_data(write_pool.clone())
-            .app_data(read_pool.clone())
-            .app_data(intake.clone())
-            .app_data(sealer.clone())
-            .app_data(policies.clone())
-            .app_data(integrations.clone())
-            .app_data(query_cache.clone())
-            .app_data(metrics.clone())
-            .app_data(web::QueryConfig::default().error_handler(query_error_handler))
+        let d = shared.clone();
+        let mut app = App::new()
+            .app_data(d.keys)
+            .app_data(d.authz)
+            .app_data(d.settings)
+            .app_data(d.write_pool)
+            .app_data(d.read_pool)
+            .app_data(d.sealer)
+            .app_data(d.policies)
+            .app_data(d.integrations)
+            .app_data(d.query_cache)
+            .app_data(d.metrics)
+            .app_data(d.query_state)
+            .app_data(guard.clone());
+        if let Some(intake) = d.intake {
+            app = app.app_data(intake);
+        }
+        if let Some(events) = d.events {
+            app = app.app_data(events);
+        }
+        app.app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
+            // Innermost first: limits (rate, header size, which listener
+            // serves the path) run before the route table (authz) is
+            // enforced, all inside the request's root span.
+            .wrap(actix_web::middleware::from_fn(crate::authz::layer))
+            .wrap(actix_web::middleware::from_fn(crate::limits::guard))
+            .wrap(TracingLogger::<RootSpan>::new())
             .configure(crate::command::routes)
             .configure(crate::query::routes)
             .configure(crate::health::routes)
@@ -333,9 +488,24 @@ fn http_server(
     })
     .listen(listener)?
     .disable_signals()
-    .shutdown_timeout(settings.server.shutdown_timeout_s);
+    .shutdown_timeout(settings.server.shutdown_timeout_s)
+    .client_request_timeout(Duration::from_millis(
+        settings.server.client_request_timeout_ms,
+    ))
+    .client_disconnect_timeout(Duration::from_millis(
+        settings.server.client_disconnect_timeout_ms,
+    ))
+    .keep_alive(if settings.server.keep_alive_s == 0 {
+        KeepAlive::Disabled
+    } else {
+        KeepAlive::Timeout(Duration::from_secs(settings.server.keep_alive_s))
+    })
+    .max_connections(settings.server.max_connections);
     if settings.server.workers > 0 {
         server = server.workers(settings.server.workers);
+    } else if kind == Listener::Admin {
+        // Scrapes and admin calls are rare: do not start one thread per core.
+        server = server.workers(1);
     }
     Ok(server.run())
 }

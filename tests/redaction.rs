@@ -9,6 +9,12 @@
 //! with a credential header, retries on both sides, a 403, a secret rotation
 //! and a failed database connection, and searches the captured output for
 //! every secret it handed to the application.
+//!
+//! The redaction layer (`hookrelay::redact`) is checked on the same run: the
+//! command's body carries a sensitive field (`password`), the upstream echoes
+//! that body and the credential it received, and the receiver answers with
+//! both. Neither may appear in the logs, the attempt audit log, the stored
+//! result (status document, `commands.result`) or the callback sent.
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +28,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 use wiremock::matchers::{header, method};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
@@ -77,6 +83,27 @@ fn logs() -> &'static Captured {
     })
 }
 
+/// An upstream that echoes what it received, credential included (as a
+/// careless vendor's debug echo would).
+struct EchoWithCredential;
+
+impl Respond for EchoWithCredential {
+    fn respond(&self, req: &Request) -> ResponseTemplate {
+        let auth = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let token = auth.strip_prefix("Bearer ").unwrap_or_default().to_owned();
+        ResponseTemplate::new(200).set_body_json(json!({
+            "received": serde_json::from_slice::<Value>(&req.body).unwrap_or(Value::Null),
+            "headers": {"Authorization": auth},
+            "debug": format!("called with token {token}"),
+        }))
+    }
+}
+
 /// The random part of a secret, so it cannot appear by chance.
 fn unique() -> String {
     Uuid::new_v4().simple().to_string()
@@ -87,6 +114,7 @@ async fn secrets_never_appear_in_logs() {
     let logs = logs();
 
     let credential = format!("Bearer vendor-cred-{}", unique());
+    let password = format!("pw-{}", unique());
     std::env::set_var("HOOKRELAY_TEST_REDACTION_TOKEN", &credential);
     let db_password = format!("dbpw-{}", unique());
     let jwt_secret = format!("jwt-secret-{}", unique());
@@ -129,7 +157,7 @@ async fn secrets_never_appear_in_logs() {
         .await;
     Mock::given(method("POST"))
         .and(header("authorization", credential.as_str()))
-        .respond_with(Echo::new(200))
+        .respond_with(EchoWithCredential)
         .expect(1)
         .mount(&app.upstream)
         .await;
@@ -137,9 +165,19 @@ async fn secrets_never_appear_in_logs() {
     let token = app.token("acme", &["client"]);
     let signing_secret = app.trust_client(&token).await;
     // The receiver fails the first callback: a retried delivery is logged too.
+    // Its answers repeat the sensitive values (stored in the attempt log).
     app.receiver.script(&[500]);
+    app.receiver.body(
+        json!({"password": password, "echo": format!("seen {credential}")})
+            .to_string()
+            .as_bytes(),
+    );
     let resp = app
-        .post_command(&token, &app.command("42", json!({"x": 1})), None)
+        .post_command(
+            &token,
+            &app.command("42", json!({"x": 1, "user": {"Password": password}})),
+            None,
+        )
         .await;
     assert_eq!(resp.status(), 202);
     let id = resp.json::<Value>().await.expect("json")["id"]
@@ -152,6 +190,63 @@ async fn secrets_never_appear_in_logs() {
     assert_eq!(doc["status"], "succeeded", "{doc}");
     assert_eq!(doc["callback"]["status"], "delivered", "{doc}");
     assert!(app.receiver.received().len() >= 2);
+
+    // The stored result and the callback keep the shape, with the sensitive
+    // field and the echoed credential masked.
+    assert_eq!(
+        doc["result"]["body"]["received"]["user"]["Password"], "[REDACTED]",
+        "{doc}"
+    );
+    assert_eq!(
+        doc["result"]["body"]["headers"]["Authorization"], "[REDACTED]",
+        "{doc}"
+    );
+    assert_eq!(
+        doc["result"]["body"]["debug"],
+        "called with token [REDACTED]"
+    );
+    let attempts = app
+        .get_json(&token, &format!("/v1/commands/{id}/attempts"))
+        .await;
+    assert!(
+        attempts["data"][0]["response_body"]
+            .as_str()
+            .is_some_and(|b| b.contains("[REDACTED]")),
+        "{attempts}"
+    );
+    let command_id = Uuid::parse_str(&id).expect("uuid");
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT c.result::text FROM commands c WHERE c.id = $1
+         UNION ALL SELECT d.payload FROM deliveries d WHERE d.command_id = $1
+         UNION ALL SELECT coalesce(d.last_error, '') FROM deliveries d WHERE d.command_id = $1
+         UNION ALL SELECT coalesce(c.last_error, '') FROM commands c WHERE c.id = $1
+         UNION ALL SELECT coalesce(a.response_body, '') || coalesce(a.error, '')
+                     FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+                    WHERE d.command_id = $1",
+    )
+    .bind(command_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("stored rows");
+    assert!(stored.len() >= 6, "{stored:?}");
+    let credential_token = credential.strip_prefix("Bearer ").expect("bearer");
+    let callbacks: Vec<String> = app
+        .receiver
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.raw_body).into_owned())
+        .collect();
+    for text in stored.iter().chain(&callbacks) {
+        for (what, secret) in [
+            ("the sensitive field", password.as_str()),
+            ("the integration credential's token", credential_token),
+        ] {
+            assert!(
+                !text.contains(secret),
+                "{what} is stored or sent unmasked: {text}"
+            );
+        }
+    }
 
     // A 4xx answer is logged by the request middleware, with the token sent.
     assert_eq!(app.get(&token, "/v1/dead-letters").await.status(), 403);
@@ -207,7 +302,6 @@ async fn secrets_never_appear_in_logs() {
         .expect("whsec_ prefix");
     let new_signing_key = new_secret.strip_prefix("whsec_").expect("whsec_ prefix");
     let jwt_signature = token.rsplit('.').next().expect("jwt signature");
-    let credential_token = credential.strip_prefix("Bearer ").expect("bearer");
     for (what, secret) in [
         ("the integration credential", credential.as_str()),
         ("the integration credential's token", credential_token),
@@ -219,6 +313,7 @@ async fn secrets_never_appear_in_logs() {
         ("the rotated signing secret's key", new_signing_key),
         ("the signing-secret encryption key", sealing_key.as_str()),
         ("the database password", db_password.as_str()),
+        ("the command's sensitive field", password.as_str()),
     ] {
         if let Some(at) = text.find(secret) {
             let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -229,5 +324,68 @@ async fn secrets_never_appear_in_logs() {
                 &text[line_start..line_end]
             );
         }
+    }
+}
+
+/// Every read-side request logs one line under `hookrelay::query` with its
+/// endpoint, cache outcome, status and duration (lives here because only this
+/// binary captures the log output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_is_logged_with_its_cache_outcome() {
+    let logs = logs();
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&upstream)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true}))
+                .insert_header("cache-control", "max-age=30"),
+        )
+        .mount(&upstream)
+        .await;
+    let mut settings = test_settings(&upstream.uri());
+    settings.query.max_staleness_ms = 30_000;
+    settings.query.read_your_writes_ms = 0;
+    let app = spawn_with_settings(settings, upstream, ServeRole::All).await;
+    let token = app.trusted_client("logged-client").await;
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
+        .await;
+    // Let the command settle and its last event invalidate the cache, so the
+    // two reads below are a hit after a miss, not two misses.
+    app.wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        app.get(&token, &format!("/v1/commands/{id}")).await;
+        app.get(&token, "/v1/queries/httpbin/get_json?logged=1")
+            .await;
+    }
+    app.get(&token, "/v1/commands?limit=5").await;
+    let text = logs.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("hookrelay::query") && l.contains("query answered"))
+        .filter(|l| l.contains(&app.address.replace("http://", "")))
+        .collect();
+    for (endpoint, cache) in [
+        ("status", "miss"),
+        ("status", "hit"),
+        ("upstream", "miss"),
+        ("upstream", "hit"),
+        ("list", "bypass"),
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("endpoint=\"{endpoint}\""))
+                    && l.contains(&format!("cache=\"{cache}\""))
+                    && l.contains("status=200")
+                    && l.contains("duration_ms=")),
+            "no {endpoint}/{cache} line in {lines:#?}"
+        );
     }
 }

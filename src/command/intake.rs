@@ -14,6 +14,7 @@
 //! rows' request hashes decide between "the same command" and 409.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::batch::{with_single_fallback, Batcher};
 use crate::error::ApiError;
+use crate::seal::{ExecuteSeal, JobSealer};
 
 /// A validated command, ready to insert.
 #[derive(Debug, Clone)]
@@ -77,6 +79,7 @@ impl Intake {
     /// once every `Intake` clone is dropped and the queue is drained.
     pub fn start(
         pool: PgPool,
+        sealer: Arc<JobSealer>,
         writers: usize,
         batch_max: usize,
         window: Duration,
@@ -87,7 +90,10 @@ impl Intake {
             window,
             move |commands: Vec<NewCommand>| {
                 let pool = pool.clone();
-                async move { with_single_fallback(&commands, |batch| insert(&pool, batch)).await }
+                let sealer = sealer.clone();
+                async move {
+                    with_single_fallback(&commands, |batch| insert(&pool, &sealer, batch)).await
+                }
             },
         );
         (Intake { batcher }, handles)
@@ -122,9 +128,14 @@ struct Existing {
     request_hash: Vec<u8>,
 }
 
-/// Inserts the commands and their execute jobs in one transaction; returns one
+/// Inserts the commands (each sealed for its execute job, see
+/// [`crate::seal`]) and their execute jobs in one transaction; returns one
 /// outcome per input, in order.
-async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<IntakeOutcome>> {
+async fn insert(
+    pool: &PgPool,
+    sealer: &JobSealer,
+    commands: Vec<&NewCommand>,
+) -> sqlx::Result<Vec<IntakeOutcome>> {
     // Insert in (client_id, idempotency_key) order so concurrent batches take
     // their ON CONFLICT locks in the same order and cannot deadlock; outcomes
     // are matched back to the caller's order by command id below.
@@ -132,20 +143,39 @@ async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<I
     sorted.sort_by(|a, b| {
         (&a.client_id, &a.idempotency_key).cmp(&(&b.client_id, &b.idempotency_key))
     });
+    // Every column below is bound from `sorted`, so each row's fields stay
+    // together (and match the seal computed from the same command).
+    let seals: Vec<String> = sorted
+        .iter()
+        .map(|c| {
+            sealer.seal_execute(&ExecuteSeal {
+                command_id: c.id,
+                client_id: &c.client_id,
+                integration: &c.integration,
+                operation: &c.operation,
+                method: &c.method,
+                path: &c.path,
+                params: &c.params,
+                body: c.body.as_ref(),
+                callback_url: &c.callback_url,
+                idempotency_key: c.idempotency_key.as_deref(),
+            })
+        })
+        .collect();
     let mut tx = pool.begin().await?;
     let inserted: Vec<Inserted> = sqlx::query_as(
         r#"
         WITH input AS (
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                  $6::text[], $7::jsonb[], $8::jsonb[], $9::text[], $10::text[],
-                                 $11::bytea[])
+                                 $11::bytea[], $12::text[])
                 AS t(id, client_id, integration, operation, method, path, params, body,
-                     callback_url, idempotency_key, request_hash)
+                     callback_url, idempotency_key, request_hash, seal)
         ), ins AS (
             INSERT INTO commands (id, client_id, integration, operation, method, path, params,
-                                  body, callback_url, idempotency_key, request_hash)
+                                  body, callback_url, idempotency_key, request_hash, seal)
             SELECT id, client_id, integration, operation, method, path, params, body,
-                   callback_url, idempotency_key, request_hash
+                   callback_url, idempotency_key, request_hash, seal
               FROM input
             ON CONFLICT (client_id, idempotency_key) DO NOTHING
             RETURNING id, created_at
@@ -157,55 +187,51 @@ async fn insert(pool: &PgPool, commands: Vec<&NewCommand>) -> sqlx::Result<Vec<I
     )
     .bind(sorted.iter().map(|c| c.id).collect::<Vec<_>>())
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.client_id.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.integration.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.operation.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind(
-        commands
-            .iter()
-            .map(|c| c.method.as_str())
-            .collect::<Vec<_>>(),
-    )
+    .bind(sorted.iter().map(|c| c.method.as_str()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|c| Json(&c.params)).collect::<Vec<_>>())
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.body.as_ref().map(Json))
             .collect::<Vec<_>>(),
     )
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.callback_url.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.idempotency_key.as_deref())
             .collect::<Vec<_>>(),
     )
     .bind(
-        commands
+        sorted
             .iter()
             .map(|c| c.request_hash.as_slice())
             .collect::<Vec<_>>(),
     )
+    .bind(&seals)
     .fetch_all(&mut *tx)
     .await?;
 

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::config::Settings;
 use crate::domain::{CallbackUrl, IdempotencyKey};
 use crate::error::{ApiError, Problem};
@@ -102,9 +102,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 202, description = "Accepted; the status document", body = StatusDocument,
          headers(("Location" = String), ("Retry-After" = u64))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, or a required Idempotency-Key missing (`field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token, or a replayed `jti`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks a role the operation allows", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency key reused with another request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -126,9 +126,17 @@ pub async fn post_command(
     settings: web::Data<Arc<Settings>>,
     intake: web::Data<Intake>,
     pool: web::Data<WritePool>,
+    query_state: web::Data<query::QueryState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(&[Role::Client])?;
     let idempotency_key = match req.headers().get("idempotency-key") {
+        None if settings.commands.require_idempotency_key => {
+            // draft-ietf-httpapi-idempotency-key-header: a missing required key is 400.
+            return Err(ApiError::BadRequest {
+                field: Some("Idempotency-Key".into()),
+                message: "this server requires an Idempotency-Key header on POST /v1/commands"
+                    .into(),
+            });
+        }
         None => None,
         Some(v) => {
             let s = v.to_str().map_err(|_| {
@@ -144,7 +152,9 @@ pub async fn post_command(
     tracing::Span::current().record("command_id", tracing::field::display(command.id));
 
     let outcome = intake.submit(command.clone()).await?;
-    let retry_after = settings.commands.retry_after_s.to_string();
+    let retry_after = query_state
+        .suggested_retry_after(&command.integration, settings.commands.retry_after_s)
+        .to_string();
     let (doc, replayed) = match outcome {
         IntakeOutcome::Created { created_at } => {
             (StatusDocument::accepted(&command, created_at), false)
@@ -161,6 +171,9 @@ pub async fn post_command(
             ))
         }
     };
+    // Committed: this client's reads, and every read of this command, go to
+    // the primary for a while (read-your-writes, `query.read_your_writes_ms`).
+    query_state.writers.note(&principal.client_id, doc.id);
     let mut resp = HttpResponse::Accepted();
     resp.insert_header((header::LOCATION, format!("/v1/commands/{}", doc.id)))
         .insert_header((header::RETRY_AFTER, retry_after));
@@ -186,7 +199,6 @@ pub async fn get_signing_secret(
     pool: web::Data<WritePool>,
     sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(&[Role::Client])?;
     let secrets =
         crate::security::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id).await?;
     let secret = secrets
@@ -227,7 +239,6 @@ pub async fn rotate_signing_secret(
     settings: web::Data<Arc<Settings>>,
     sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(&[Role::Client])?;
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
     let rotation =
         crate::security::rotate_signing_secret(&pool.0, &sealer, &principal.client_id, grace)
@@ -245,7 +256,7 @@ pub async fn rotate_signing_secret(
         }))
 }
 
-fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
         return Ok(());
     };
@@ -260,7 +271,10 @@ fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
 
 /// Reads the body up to `limit` bytes; 413 beyond (checked against
 /// `Content-Length` first, then while streaming).
-async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+pub(crate) async fn read_limited(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
@@ -343,7 +357,9 @@ fn validate(
                 ),
             )
         })?;
+    principal.require(&crate::authz::operation_roles(operation))?;
     let params = request.params.unwrap_or_default();
+    check_params_size(&params, &settings.commands)?;
     let template = PathTemplate::parse(&operation.path)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("operation path became invalid: {e}")))?;
     let path = template
@@ -380,6 +396,33 @@ fn validate(
         idempotency_key: idempotency_key.map(|k| k.as_str().to_owned()),
         request_hash: Sha256::digest(canonical.as_bytes()).to_vec(),
     })
+}
+
+/// `params` within `commands.max_params` entries and
+/// `commands.max_params_bytes` bytes of compact JSON (422 naming `params`).
+fn check_params_size(
+    params: &serde_json::Map<String, Value>,
+    limits: &crate::config::CommandSettings,
+) -> Result<(), ApiError> {
+    if params.len() > limits.max_params {
+        return Err(ApiError::validation(
+            "params",
+            format!("must have at most {} entries", limits.max_params),
+        ));
+    }
+    let bytes = serde_json::to_vec(params)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if bytes > limits.max_params_bytes {
+        return Err(ApiError::validation(
+            "params",
+            format!(
+                "must be at most {} bytes as JSON, got {bytes}",
+                limits.max_params_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Postgres `jsonb` cannot store U+0000; refuse it with the field's path

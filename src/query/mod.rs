@@ -1,11 +1,29 @@
-//! The read side: command status documents, lists and the delivery audit log.
+//! The read side: command status documents, lists, the delivery audit log and
+//! the SSE push stream ([`events`]).
 //!
-//! Every handler here reads through the read pool (`database.read_url`, else
-//! the primary) and never writes. Visibility: the owner (role `client`, same
-//! `sub`), any `reader` or `admin`; anyone else gets 404 so a command's
-//! existence does not leak. Logs use the target `hookrelay::query`.
+//! Every `GET` handler lives here and reads through the read pool
+//! (`database.read_url`, else the primary) and never writes — except for a
+//! client that sent a command on this instance within
+//! `query.read_your_writes_ms`: its status, list and attempt reads go to the
+//! primary, so replica lag never hides its own command from it.
+//!
+//! Status documents are cached ([`cache::StatusCache`], TTL
+//! `query.max_staleness_ms`, moka or Redis); a cached document passes the same
+//! visibility rule as an uncached one. Visibility: the owner (role `client`,
+//! same `sub`), any `reader` or `admin`; anyone else gets 404 so a command's
+//! existence does not leak.
+//!
+//! Every request is logged once under the target `hookrelay::query` with its
+//! endpoint, cache outcome, status and duration, and counted in
+//! `hookrelay_cache_requests_total` / `hookrelay_query_duration_seconds`.
+//! The consistency model is described in `docs/queries.md`.
 
+pub mod cache;
+pub mod events;
 pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -14,12 +32,181 @@ use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::command::NewCommand;
 use crate::domain::{CommandStatus, DeliveryStatus};
 use crate::error::{ApiError, Problem};
 use crate::integration::UpstreamResult;
-use crate::startup::ReadPool;
+use crate::resilience::Policies;
+use crate::startup::{ReadPool, WritePool};
+
+use cache::{CachedStatus, RecentWriters, StatusCache};
+
+/// The read side's per-process state (app data): the status-document cache,
+/// the read-your-writes window and the latency hints behind `Retry-After`.
+pub struct QueryState {
+    /// Cached status documents.
+    pub status: StatusCache,
+    /// Clients that wrote recently on this instance.
+    pub writers: RecentWriters,
+    /// The resilience policies whose observed latency sets `Retry-After`.
+    policies: Arc<Policies>,
+    /// Median upstream latency per integration (ms), recomputed at most once
+    /// per [`LATENCY_HINT_TTL`]: computing it sorts the policy's samples
+    /// under its lock, too dear for every `POST /v1/commands`.
+    latency: moka::sync::Cache<String, Option<f64>>,
+}
+
+/// How long a computed median latency is reused for `Retry-After`.
+pub const LATENCY_HINT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl QueryState {
+    /// The state for `settings`, caching in `redis` when given.
+    pub fn new(
+        settings: &crate::config::Settings,
+        redis: Option<Arc<cache::RedisCache>>,
+        policies: Arc<Policies>,
+    ) -> Self {
+        QueryState {
+            status: StatusCache::new(&settings.query, redis),
+            writers: RecentWriters::new(&settings.query),
+            policies,
+            latency: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(LATENCY_HINT_TTL)
+                .build(),
+        }
+    }
+
+    /// Invalidates cached status documents from the event feed until the
+    /// feed closes (the tailer stopped at shutdown): every command status or
+    /// callback status change is an event (`docs/events.md`), so a cached
+    /// document usually lives well under `query.max_staleness_ms`. Events
+    /// already waiting are folded into one invalidation (one Redis `DEL`).
+    /// A receiver that lagged behind the feed cannot know what it missed; the
+    /// TTL (`query.max_staleness_ms`) still bounds those documents.
+    pub async fn invalidate_from_events(
+        self: Arc<Self>,
+        mut events: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
+    ) {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        if !self.status.enabled() {
+            return;
+        }
+        loop {
+            let first = match events.recv().await {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(
+                        missed = n,
+                        "status cache invalidation lagged behind the event feed"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            let mut ids = vec![first.command_id];
+            loop {
+                match events.try_recv() {
+                    Ok(e) => ids.push(e.command_id),
+                    Err(TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+                if ids.len() >= 512 {
+                    break;
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            self.status.invalidate(&ids).await;
+        }
+    }
+
+    /// The pool `principal` reads from: the primary within its
+    /// read-your-writes window, else the read pool.
+    fn pool<'a>(
+        &self,
+        principal: &Principal,
+        read: &'a ReadPool,
+        write: &'a WritePool,
+    ) -> &'a PgPool {
+        if self.writers.contains(&principal.client_id) {
+            &write.0
+        } else {
+            &read.0
+        }
+    }
+
+    /// The `Retry-After` (seconds) suggested for polling a command of
+    /// `integration`: the integration's observed median upstream latency in
+    /// this process plus [`RETRY_AFTER_QUEUE_ALLOWANCE_MS`] — or `default_s`
+    /// (`commands.retry_after_s`) when this process has made no calls to it
+    /// (an API-only process) — with ±25 % jitter, rounded up to whole seconds
+    /// and clamped to 1..=30, so polling clients spread out instead of
+    /// arriving together.
+    pub fn suggested_retry_after(&self, integration: &str, default_s: u64) -> u64 {
+        let observed = self.latency.get_with_by_ref(integration, || {
+            self.policies
+                .get(integration)
+                .and_then(|p| p.snapshot().p50_ms)
+        });
+        retry_after_from(observed, default_s, rand::random::<f64>())
+    }
+}
+
+/// Records one read-side request: the metrics and one log line under
+/// `hookrelay::query` with endpoint, cache outcome, status and duration.
+pub(crate) fn log_answer(
+    endpoint: &'static str,
+    outcome: &'static str,
+    started: Instant,
+    result: &Result<HttpResponse, ApiError>,
+) {
+    use actix_web::ResponseError;
+    let status = match result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status_code().as_u16(),
+    };
+    let elapsed = started.elapsed();
+    crate::metrics::query_answered(endpoint, outcome, elapsed.as_secs_f64());
+    tracing::info!(
+        target: "hookrelay::query",
+        endpoint,
+        cache = outcome,
+        status,
+        duration_ms = elapsed.as_millis() as u64,
+        "query answered"
+    );
+}
+
+/// Queue allowance added to the observed upstream latency for `Retry-After`:
+/// the time a command typically waits for a dispatcher slot and the outcome
+/// commit, ms.
+pub const RETRY_AFTER_QUEUE_ALLOWANCE_MS: f64 = 500.0;
+/// Bounds of the suggested `Retry-After`, seconds.
+pub const RETRY_AFTER_BOUNDS_S: (u64, u64) = (1, 30);
+/// Jitter of the suggested `Retry-After` (0.25 = ±25 %).
+pub const RETRY_AFTER_JITTER: f64 = 0.25;
+
+/// [`QueryState::suggested_retry_after`] with the median latency (ms) and a uniform
+/// random number in `[0, 1)` given.
+fn retry_after_from(p50_ms: Option<f64>, default_s: u64, unit: f64) -> u64 {
+    #[allow(clippy::cast_precision_loss)]
+    let base_ms = match p50_ms {
+        Some(ms) if ms.is_finite() && ms >= 0.0 => ms + RETRY_AFTER_QUEUE_ALLOWANCE_MS,
+        _ => default_s as f64 * 1000.0,
+    };
+    let factor = 1.0 + RETRY_AFTER_JITTER * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    let secs = (base_ms * factor / 1000.0).ceil();
+    let (lo, hi) = RETRY_AFTER_BOUNDS_S;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let secs = if secs.is_finite() {
+        secs.max(0.0) as u64
+    } else {
+        hi
+    };
+    secs.clamp(lo, hi)
+}
 
 /// Where the callback stands (SPEC "The status document").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -141,21 +328,23 @@ pub async fn load_status(
     Ok(row.map(StatusRow::into_doc))
 }
 
-/// Routes of the read side.
+/// Routes of the read side (every `GET` of the API's resources, and the
+/// batch query endpoint).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/commands", web::get().to(list_commands))
         .route("/v1/commands/{id}", web::get().to(get_command))
         .route("/v1/commands/{id}/attempts", web::get().to(list_attempts))
+        .route(
+            "/v1/commands/{id}/events",
+            web::get().to(events::stream_command_events),
+        )
+        .route("/v1/events", web::get().to(events::stream_events))
         .route("/v1/dead-letters", web::get().to(list_dead_letters))
         .configure(upstream::routes);
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("no such command".into()))
-}
-
-fn require_reader(principal: &Principal) -> Result<(), ApiError> {
-    principal.require(&[Role::Client, Role::Reader, Role::Admin])
 }
 
 /// Loads a command the caller may read, or 404.
@@ -212,16 +401,48 @@ fn etag(doc: &StatusDocument) -> String {
     security(("bearer" = []))
 )]
 #[tracing::instrument(name = "get_command", target = "hookrelay::query", skip_all, fields(command_id = %path))]
+#[allow(clippy::too_many_arguments)]
 pub async fn get_command(
     principal: Principal,
     path: web::Path<String>,
     params: web::Query<StatusParams>,
     req: actix_web::HttpRequest,
-    pool: web::Data<ReadPool>,
-    settings: web::Data<std::sync::Arc<crate::config::Settings>>,
+    read: web::Data<ReadPool>,
+    write: web::Data<WritePool>,
+    state: web::Data<QueryState>,
+    settings: web::Data<Arc<crate::config::Settings>>,
 ) -> Result<HttpResponse, ApiError> {
-    require_reader(&principal)?;
-    let id = parse_id(&path)?;
+    let started = Instant::now();
+    let mut outcome = "bypass";
+    let result = status_document(
+        &principal,
+        &path,
+        &params,
+        &req,
+        &read,
+        &write,
+        &state,
+        &settings,
+        &mut outcome,
+    )
+    .await;
+    log_answer("status", outcome, started, &result);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn status_document(
+    principal: &Principal,
+    path: &str,
+    params: &StatusParams,
+    req: &actix_web::HttpRequest,
+    read: &ReadPool,
+    write: &WritePool,
+    state: &QueryState,
+    settings: &crate::config::Settings,
+    outcome: &mut &'static str,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(path)?;
     let wait = match params.wait.as_deref() {
         None => 0,
         Some(w) => w
@@ -237,16 +458,45 @@ pub async fn get_command(
         .get(actix_web::http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut doc = visible_command(&pool.0, &principal, id).await?;
+    let pool = state.pool(principal, read, write);
+    let fresh = state.writers.is_fresh_command(id) && state.writers.contains(&principal.client_id);
+    let pool = if fresh { &write.0 } else { pool };
+    let (mut doc, mut tag) = if wait > 0 || fresh || !state.status.enabled() {
+        // Long-poll reads the database directly: a change must be seen
+        // within LONG_POLL_EVERY_MS, not within the cache's staleness bound.
+        // So does the writer of a command accepted here within the
+        // read-your-writes window: its state changes fastest then.
+        let doc = visible_command(pool, principal, id).await?;
+        let tag = etag(&doc);
+        (doc, tag)
+    } else {
+        let load = async {
+            Ok(load_status(pool, id)
+                .await?
+                .map(|(owner, doc)| CachedStatus {
+                    client_id: owner,
+                    etag: etag(&doc),
+                    doc,
+                }))
+        };
+        let (cached, hit) = state.status.get_or_load(id, load).await?;
+        *outcome = if hit { "hit" } else { "miss" };
+        // The same rule as uncached: a document the caller could not read
+        // from the database is not served from the cache either.
+        if !principal.can_read(&cached.client_id) {
+            return Err(ApiError::NotFound("no such command".into()));
+        }
+        (cached.doc.clone(), cached.etag.clone())
+    };
     if wait > 0 {
-        let baseline = if_none_match.clone().unwrap_or_else(|| etag(&doc));
+        let baseline = if_none_match.clone().unwrap_or_else(|| tag.clone());
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-        while etag(&doc) == baseline && tokio::time::Instant::now() < deadline {
+        while tag == baseline && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(LONG_POLL_EVERY_MS)).await;
-            doc = visible_command(&pool.0, &principal, id).await?;
+            doc = visible_command(pool, principal, id).await?;
+            tag = etag(&doc);
         }
     }
-    let tag = etag(&doc);
     let matches = if_none_match
         .as_deref()
         .is_some_and(|inm| inm.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
@@ -255,11 +505,14 @@ pub async fn get_command(
     } else {
         HttpResponse::Ok()
     };
-    resp.insert_header((actix_web::http::header::ETAG, tag));
+    resp.insert_header((actix_web::http::header::ETAG, tag))
+        .insert_header(("X-Cache", *outcome));
     if !doc.status.is_terminal() || doc.callback.status == DeliveryStatus::Pending {
         resp.insert_header((
             actix_web::http::header::RETRY_AFTER,
-            settings.commands.retry_after_s.to_string(),
+            state
+                .suggested_retry_after(&doc.integration, settings.commands.retry_after_s)
+                .to_string(),
         ));
     }
     Ok(if matches {
@@ -320,52 +573,60 @@ fn page_limit(limit: Option<&str>) -> Result<i64, ApiError> {
 pub async fn list_commands(
     principal: Principal,
     params: web::Query<ListParams>,
-    pool: web::Data<ReadPool>,
+    read: web::Data<ReadPool>,
+    write: web::Data<WritePool>,
+    state: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_reader(&principal)?;
-    let limit = page_limit(params.limit.as_deref())?;
-    if let Some(s) = &params.status {
-        CommandStatus::parse(s).ok_or_else(|| {
-            ApiError::validation(
-                "status",
-                "must be accepted, in_progress, succeeded or failed",
-            )
-        })?;
+    let started = Instant::now();
+    let result = async {
+        let pool = state.pool(&principal, &read, &write);
+        let limit = page_limit(params.limit.as_deref())?;
+        if let Some(s) = &params.status {
+            CommandStatus::parse(s).ok_or_else(|| {
+                ApiError::validation(
+                    "status",
+                    "must be accepted, in_progress, succeeded or failed",
+                )
+            })?;
+        }
+        let cursor = params
+            .cursor
+            .as_deref()
+            .map(|c| {
+                Uuid::parse_str(c)
+                    .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
+            })
+            .transpose()?;
+        crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
+        let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
+        let rows: Vec<StatusRow> = sqlx::query_as(&format!(
+            r#"{STATUS_SELECT}
+             WHERE ($1::text IS NULL OR c.client_id = $1)
+               AND ($2::text IS NULL OR c.status = $2)
+               AND ($3::text IS NULL OR c.integration = $3)
+               AND ($4::uuid IS NULL OR c.id < $4)
+             ORDER BY c.id DESC
+             LIMIT $5"#
+        ))
+        .bind(owner)
+        .bind(params.status.as_deref())
+        .bind(params.integration.as_deref())
+        .bind(cursor)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+        let mut data: Vec<StatusDocument> = rows.into_iter().map(|r| r.into_doc().1).collect();
+        let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            data.pop();
+            data.last().map(|d| d.id.to_string())
+        } else {
+            None
+        };
+        Ok::<_, ApiError>(HttpResponse::Ok().json(CommandPage { data, next_cursor }))
     }
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
-        })
-        .transpose()?;
-    crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
-    let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
-    let rows: Vec<StatusRow> = sqlx::query_as(&format!(
-        r#"{STATUS_SELECT}
-         WHERE ($1::text IS NULL OR c.client_id = $1)
-           AND ($2::text IS NULL OR c.status = $2)
-           AND ($3::text IS NULL OR c.integration = $3)
-           AND ($4::uuid IS NULL OR c.id < $4)
-         ORDER BY c.id DESC
-         LIMIT $5"#
-    ))
-    .bind(owner)
-    .bind(params.status.as_deref())
-    .bind(params.integration.as_deref())
-    .bind(cursor)
-    .bind(limit + 1)
-    .fetch_all(&pool.0)
-    .await?;
-    let mut data: Vec<StatusDocument> = rows.into_iter().map(|r| r.into_doc().1).collect();
-    let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-        data.pop();
-        data.last().map(|d| d.id.to_string())
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(CommandPage { data, next_cursor }))
+    .await;
+    log_answer("list", "bypass", started, &result);
+    result
 }
 
 /// One webhook attempt in the audit log.
@@ -425,41 +686,49 @@ pub async fn list_attempts(
     principal: Principal,
     path: web::Path<String>,
     params: web::Query<AttemptParams>,
-    pool: web::Data<ReadPool>,
+    read: web::Data<ReadPool>,
+    write: web::Data<WritePool>,
+    state: web::Data<QueryState>,
 ) -> Result<HttpResponse, ApiError> {
-    require_reader(&principal)?;
-    let id = parse_id(&path)?;
-    let limit = page_limit(params.limit.as_deref())?;
-    let after: i32 = match params.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))?,
-    };
-    visible_command(&pool.0, &principal, id).await?;
-    let mut data: Vec<Attempt> = sqlx::query_as(
-        r#"
-        SELECT a.attempt, a.delivery_id AS webhook_id, a.trigger, a.started_at, a.duration_ms,
-               a.response_status, a.response_body, a.error
-          FROM delivery_attempts a
-          JOIN deliveries d ON d.id = a.delivery_id
-         WHERE d.command_id = $1 AND a.attempt > $2
-         ORDER BY a.attempt
-         LIMIT $3
-        "#,
-    )
-    .bind(id)
-    .bind(after)
-    .bind(limit + 1)
-    .fetch_all(&pool.0)
-    .await?;
-    let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-        data.pop();
-        data.last().map(|a| a.attempt.to_string())
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(AttemptPage { data, next_cursor }))
+    let started = Instant::now();
+    let result = async {
+        let pool = state.pool(&principal, &read, &write);
+        let id = parse_id(&path)?;
+        let limit = page_limit(params.limit.as_deref())?;
+        let after: i32 = match params.cursor.as_deref() {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))?,
+        };
+        visible_command(pool, &principal, id).await?;
+        let mut data: Vec<Attempt> = sqlx::query_as(
+            r#"
+            SELECT a.attempt, a.delivery_id AS webhook_id, a.trigger, a.started_at, a.duration_ms,
+                   a.response_status, a.response_body, a.error
+              FROM delivery_attempts a
+              JOIN deliveries d ON d.id = a.delivery_id
+             WHERE d.command_id = $1 AND a.attempt > $2
+             ORDER BY a.attempt
+             LIMIT $3
+            "#,
+        )
+        .bind(id)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+        let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            data.pop();
+            data.last().map(|a| a.attempt.to_string())
+        } else {
+            None
+        };
+        Ok::<_, ApiError>(HttpResponse::Ok().json(AttemptPage { data, next_cursor }))
+    }
+    .await;
+    log_answer("attempts", "bypass", started, &result);
+    result
 }
 
 /// A dead-lettered delivery (SPEC: at least `id`, `command_id`, `reason`,
@@ -478,7 +747,10 @@ pub struct DeadLetter {
     pub operation: String,
     /// Callback URL.
     pub url: String,
-    /// `exhausted` (retry schedule used up) or `gone` (receiver answered 410).
+    /// `exhausted` (retry schedule used up), `gone` (receiver answered 410),
+    /// `abandoned` (its job kept failing without an outcome) or `integrity`
+    /// (its job failed seal verification and was quarantined: nothing was
+    /// sent, and it cannot be replayed).
     pub reason: Option<String>,
     /// The last attempt's error.
     pub last_error: Option<String>,
@@ -556,52 +828,86 @@ fn parse_dead_letter_cursor(raw: &str) -> Result<(chrono::DateTime<chrono::Utc>,
 )]
 #[tracing::instrument(name = "list_dead_letters", target = "hookrelay::query", skip_all)]
 pub async fn list_dead_letters(
-    principal: Principal,
+    // Role checked by the authz layer; taking it keeps the route fail-closed.
+    _principal: Principal,
     params: web::Query<DeadLetterParams>,
-    pool: web::Data<ReadPool>,
+    read: web::Data<ReadPool>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(&[Role::Admin])?;
-    let limit = page_limit(params.limit.as_deref())?;
-    let since = parse_time("since", params.since.as_deref())?;
-    let until = parse_time("until", params.until.as_deref())?;
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(parse_dead_letter_cursor)
-        .transpose()?;
-    let mut data: Vec<DeadLetter> = sqlx::query_as(
-        r#"
-        SELECT d.id, d.command_id, d.client_id, c.integration, c.operation, d.url,
-               d.dead_letter_reason AS reason, d.last_error, d.attempts, d.dead_lettered_at
-          FROM deliveries d
-          JOIN commands c ON c.id = d.command_id
-         WHERE d.status = 'dead_lettered'
-           AND ($1::text IS NULL OR c.integration = $1)
-           AND ($2::text IS NULL OR d.client_id = $2)
-           AND ($3::timestamptz IS NULL OR d.dead_lettered_at >= $3)
-           AND ($4::timestamptz IS NULL OR d.dead_lettered_at < $4)
-           AND ($5::timestamptz IS NULL OR (d.dead_lettered_at, d.id) < ($5, $6))
-         ORDER BY d.dead_lettered_at DESC, d.id DESC
-         LIMIT $7
-        "#,
-    )
-    .bind(params.integration.as_deref())
-    .bind(params.client_id.as_deref())
-    .bind(since)
-    .bind(until)
-    .bind(cursor.map(|c| c.0))
-    .bind(cursor.map(|c| c.1))
-    .bind(limit + 1)
-    .fetch_all(&pool.0)
-    .await?;
-    let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-        data.pop();
-        data.last().and_then(|d| {
-            d.dead_lettered_at
-                .map(|at| format!("{}_{}", at.timestamp_micros(), d.id))
-        })
-    } else {
-        None
-    };
-    Ok(HttpResponse::Ok().json(DeadLetterPage { data, next_cursor }))
+    let started = Instant::now();
+    let result = async {
+        let pool = &read.0;
+        let limit = page_limit(params.limit.as_deref())?;
+        let since = parse_time("since", params.since.as_deref())?;
+        let until = parse_time("until", params.until.as_deref())?;
+        let cursor = params
+            .cursor
+            .as_deref()
+            .map(parse_dead_letter_cursor)
+            .transpose()?;
+        let mut data: Vec<DeadLetter> = sqlx::query_as(
+            r#"
+            SELECT d.id, d.command_id, d.client_id, c.integration, c.operation, d.url,
+                   d.dead_letter_reason AS reason, d.last_error, d.attempts, d.dead_lettered_at
+              FROM deliveries d
+              JOIN commands c ON c.id = d.command_id
+             WHERE d.status = 'dead_lettered'
+               AND ($1::text IS NULL OR c.integration = $1)
+               AND ($2::text IS NULL OR d.client_id = $2)
+               AND ($3::timestamptz IS NULL OR d.dead_lettered_at >= $3)
+               AND ($4::timestamptz IS NULL OR d.dead_lettered_at < $4)
+               AND ($5::timestamptz IS NULL OR (d.dead_lettered_at, d.id) < ($5, $6))
+             ORDER BY d.dead_lettered_at DESC, d.id DESC
+             LIMIT $7
+            "#,
+        )
+        .bind(params.integration.as_deref())
+        .bind(params.client_id.as_deref())
+        .bind(since)
+        .bind(until)
+        .bind(cursor.map(|c| c.0))
+        .bind(cursor.map(|c| c.1))
+        .bind(limit + 1)
+        .fetch_all(pool)
+        .await?;
+        let next_cursor = if data.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            data.pop();
+            data.last().and_then(|d| {
+                d.dead_lettered_at
+                    .map(|at| format!("{}_{}", at.timestamp_micros(), d.id))
+            })
+        } else {
+            None
+        };
+        Ok::<_, ApiError>(HttpResponse::Ok().json(DeadLetterPage { data, next_cursor }))
+    }
+    .await;
+    log_answer("dead_letters", "bypass", started, &result);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_observed_latency_with_jitter_and_bounds() {
+        // 8 s median + 0.5 s queue allowance, ±25 %: 6.375 s .. 10.625 s,
+        // rounded up: 7 ..= 11.
+        let values: std::collections::BTreeSet<u64> = (0..=100)
+            .map(|i| retry_after_from(Some(8_000.0), 1, f64::from(i) / 100.0))
+            .collect();
+        assert_eq!(values.first(), Some(&7));
+        assert_eq!(values.last(), Some(&11));
+        assert!(values.len() >= 4, "clients spread out: {values:?}");
+        // Fast integration: at least 1 s.
+        assert_eq!(retry_after_from(Some(3.0), 1, 0.0), 1);
+        // Very slow one: at most 30 s.
+        assert_eq!(retry_after_from(Some(600_000.0), 1, 0.5), 30);
+        // No observations (API-only process): the configured default, jittered.
+        for i in 0..=10 {
+            let s = retry_after_from(None, 4, f64::from(i) / 10.0);
+            assert!((3..=5).contains(&s), "{s}");
+        }
+        assert_eq!(retry_after_from(Some(f64::NAN), 2, 0.5), 2);
+    }
 }

@@ -27,11 +27,13 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use crate::auth::{Principal, Role};
+use crate::auth::Principal;
 use crate::config::QuerySettings;
 use crate::error::{ApiError, Problem};
 use crate::integration::{Integration, Integrations};
 use crate::resilience::{Admission, Policies};
+
+use super::cache::RedisCache;
 
 /// A cached upstream response.
 #[derive(Debug)]
@@ -54,7 +56,7 @@ impl Entry {
         self.age() < self.fresh_for
     }
     fn is_usable_stale(&self) -> bool {
-        self.age() < self.fresh_for + self.stale_for
+        self.age() < self.fresh_for.saturating_add(self.stale_for)
     }
 }
 
@@ -69,14 +71,72 @@ enum FetchError {
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Entry>, FetchError>>>;
 
 /// The query cache and the in-flight fetches, shared by all HTTP workers.
+///
+/// Entries live in memory (moka) or, with `cache.redis_url`, in Redis, so
+/// every API instance shares them. Coalescing of in-flight fetches is per
+/// process.
 pub struct QueryCache {
     entries: moka::future::Cache<String, Arc<Entry>>,
     inflight: Mutex<HashMap<String, Fetch>>,
+    redis: Option<Arc<RedisCache>>,
+}
+
+/// An [`Entry`] as stored in Redis (JSON): times are wall-clock so another
+/// instance can compute the age.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEntry {
+    status: u16,
+    content_type: Option<String>,
+    /// Base64 of the body.
+    body: String,
+    /// Unix ms when it was stored.
+    stored_at_ms: i64,
+    fresh_ms: u64,
+    stale_ms: u64,
+    private: bool,
+}
+
+impl StoredEntry {
+    fn from_entry(e: &Entry) -> Self {
+        use base64::Engine;
+        let age = i64::try_from(e.age().as_millis()).unwrap_or(i64::MAX);
+        StoredEntry {
+            status: e.status,
+            content_type: e.content_type.clone(),
+            body: base64::engine::general_purpose::STANDARD.encode(&e.body),
+            stored_at_ms: chrono::Utc::now().timestamp_millis().saturating_sub(age),
+            fresh_ms: u64::try_from(e.fresh_for.as_millis()).unwrap_or(u64::MAX),
+            stale_ms: u64::try_from(e.stale_for.as_millis()).unwrap_or(u64::MAX),
+            private: e.private,
+        }
+    }
+
+    fn into_entry(self) -> Option<Entry> {
+        use base64::Engine;
+        let age_ms = chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(self.stored_at_ms)
+            .max(0);
+        let age = Duration::from_millis(u64::try_from(age_ms).unwrap_or(0));
+        Some(Entry {
+            status: self.status,
+            content_type: self.content_type,
+            body: web::Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(self.body)
+                    .ok()?,
+            ),
+            stored_at: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            fresh_for: Duration::from_millis(self.fresh_ms),
+            stale_for: Duration::from_millis(self.stale_ms),
+            private: self.private,
+        })
+    }
 }
 
 impl QueryCache {
-    /// A cache of at most `capacity` responses.
-    pub fn new(capacity: u64) -> Self {
+    /// A cache of at most `capacity` responses in memory, or in `redis`.
+    pub fn new(capacity: u64, redis: Option<Arc<RedisCache>>) -> Self {
         QueryCache {
             entries: moka::future::Cache::builder()
                 .max_capacity(capacity)
@@ -84,6 +144,36 @@ impl QueryCache {
                 .time_to_live(Duration::from_secs(86_400))
                 .build(),
             inflight: Mutex::new(HashMap::new()),
+            redis,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        match &self.redis {
+            None => self.entries.get(key).await,
+            Some(r) => {
+                let raw = r.get(&format!("query:{key}")).await?;
+                let entry = serde_json::from_slice::<StoredEntry>(&raw)
+                    .ok()
+                    .and_then(StoredEntry::into_entry);
+                if entry.is_none() {
+                    crate::metrics::cache_error("decode");
+                }
+                entry.map(Arc::new)
+            }
+        }
+    }
+
+    async fn insert(&self, key: String, entry: Arc<Entry>) {
+        match &self.redis {
+            None => self.entries.insert(key, entry).await,
+            Some(r) => {
+                let ttl = (entry.fresh_for.saturating_add(entry.stale_for))
+                    .min(Duration::from_secs(86_400));
+                if let Ok(raw) = serde_json::to_vec(&StoredEntry::from_entry(&entry)) {
+                    r.set(&format!("query:{key}"), &raw, ttl).await;
+                }
+            }
         }
     }
 }
@@ -107,11 +197,13 @@ fn freshness(
             ),
             None => (directive.clone(), None),
         };
+        // RFC 9111 §1.2.2: a delta-seconds value too large to represent is
+        // taken as 2^31, so later sums of durations cannot overflow.
         let secs = || {
             value
                 .as_deref()
                 .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs)
+                .map(|v| Duration::from_secs(v.min(1 << 31)))
         };
         match name.as_str() {
             "no-store" | "no-cache" => return (None, false, None),
@@ -149,12 +241,13 @@ fn canonical_query(qs: &str) -> String {
     pairs.join("&")
 }
 
-/// Routes of the upstream query endpoint.
+/// Routes of the upstream query endpoints.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/v1/queries/{integration}/{query}",
-        web::get().to(get_query),
-    );
+    cfg.route("/v1/queries/batch", web::post().to(batch_queries))
+        .route(
+            "/v1/queries/{integration}/{query}",
+            web::get().to(get_query),
+        );
 }
 
 fn respond(entry: &Entry, cache: &str) -> HttpResponse {
@@ -171,6 +264,54 @@ fn respond(entry: &Entry, cache: &str) -> HttpResponse {
 
 fn seconds(d: Duration) -> String {
     d.as_secs_f64().ceil().max(1.0).to_string()
+}
+
+/// What a query produced: the response, where it came from, and whether a
+/// fallback answered.
+struct Answer {
+    entry: Arc<Entry>,
+    /// `hit`, `miss`, `stale` or `fallback`.
+    cache: &'static str,
+    fallback: bool,
+}
+
+impl Answer {
+    fn into_response(self) -> HttpResponse {
+        let mut resp = respond(&self.entry, self.cache_header());
+        if self.fallback {
+            resp.headers_mut().insert(
+                header::HeaderName::from_static("x-fallback"),
+                header::HeaderValue::from_static("true"),
+            );
+        }
+        resp
+    }
+
+    /// The `X-Cache` value: a fallback's answer is a miss (it was fetched).
+    fn cache_header(&self) -> &'static str {
+        if self.fallback {
+            "miss"
+        } else {
+            self.cache
+        }
+    }
+
+    /// The `outcome` label of `hookrelay_cache_requests_total`.
+    fn metric_outcome(&self) -> &'static str {
+        match self.cache {
+            "hit" => "hit",
+            "stale" => "stale",
+            _ => "miss",
+        }
+    }
+}
+
+/// What the query handlers share (app data, one per process).
+struct QueryContext<'a> {
+    settings: &'a crate::config::Settings,
+    integrations: &'a Arc<Integrations>,
+    policies: &'a Arc<Policies>,
+    cache: &'a QueryCache,
 }
 
 /// Reads a declared upstream query through the cache (see the module docs).
@@ -202,48 +343,76 @@ pub async fn get_query(
     policies: web::Data<Arc<Policies>>,
     cache: web::Data<QueryCache>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require(&[Role::Client, Role::Reader, Role::Admin])?;
+    let started = Instant::now();
     let (name, query) = path.into_inner();
     let span = tracing::Span::current();
     span.record("integration", name.as_str());
     span.record("query", query.as_str());
+    let ctx = QueryContext {
+        settings: &settings,
+        integrations: &integrations,
+        policies: &policies,
+        cache: &cache,
+    };
+    let result = run_query(&ctx, &principal, &name, &query, req.query_string()).await;
+    let outcome = result.as_ref().map_or("bypass", Answer::metric_outcome);
+    if let Ok(a) = &result {
+        span.record("cache", a.cache);
+    }
+    let result = result.map(Answer::into_response);
+    super::log_answer("upstream", outcome, started, &result);
+    result
+}
+
+/// One query through the role check, the cache, coalescing and the policy;
+/// shared by `GET /v1/queries/…` and the batch endpoint. `raw_qs` is passed
+/// to the upstream as it is.
+async fn run_query(
+    ctx: &QueryContext<'_>,
+    principal: &Principal,
+    name: &str,
+    query: &str,
+    raw_qs: &str,
+) -> Result<Answer, ApiError> {
+    let (settings, integrations, policies, cache) =
+        (ctx.settings, ctx.integrations, ctx.policies, ctx.cache);
     let not_found = || ApiError::NotFound(format!("no query `{query}` in integration `{name}`"));
     let qsettings: QuerySettings = settings
         .integrations
-        .get(&name)
-        .and_then(|i| i.queries.get(&query))
+        .get(name)
+        .and_then(|i| i.queries.get(query))
         .cloned()
         .ok_or_else(not_found)?;
-    if integrations.get(&name).is_none() || policies.get(&name).is_none() {
+    principal.require(&crate::authz::query_roles(&qsettings))?;
+    if integrations.get(name).is_none() || policies.get(name).is_none() {
         return Err(not_found());
     }
-    let qs = canonical_query(req.query_string());
+    let qs = canonical_query(raw_qs);
     let shared_key = format!("{name}/{query}?{qs}");
     let client_key = format!("{shared_key}|{}", principal.client_id);
 
     // 1. A fresh copy?
     let mut key = shared_key.clone();
-    let mut cached = cache.entries.get(&shared_key).await;
+    let mut cached = cache.get(&shared_key).await;
     if cached.as_ref().is_some_and(|e| e.private) {
         key = client_key.clone();
-        cached = cache.entries.get(&client_key).await;
+        cached = cache.get(&client_key).await;
     }
     if let Some(e) = cached.as_ref().filter(|e| e.is_fresh()) {
-        span.record("cache", "hit");
-        return Ok(respond(e, "hit"));
+        return Ok(Answer {
+            entry: e.clone(),
+            cache: "hit",
+            fallback: false,
+        });
     }
 
     // 2. One upstream call per key at a time.
     let mut initiated = false;
     let make_fetch = || {
-        let integration = integrations.get_shared(&name);
-        let policies = policies.clone().into_inner();
-        let policy_name = name.clone();
-        let (path, query_name, qs) = (
-            qsettings.path.clone(),
-            query.clone(),
-            req.query_string().to_owned(),
-        );
+        let integration = integrations.get_shared(name);
+        let policies = policies.clone();
+        let policy_name = name.to_owned();
+        let (path, query_name, qs) = (qsettings.path.clone(), query.to_owned(), raw_qs.to_owned());
         let cap = Duration::from_secs(qsettings.cache_ttl_s);
         let stale = Duration::from_secs(qsettings.stale_if_error_s);
         async move {
@@ -267,10 +436,15 @@ pub async fn get_query(
             })
             .clone()
     };
-    let mut result = shared_fetch.await;
-    if initiated {
-        if let Ok(mut inflight) = cache.inflight.lock() {
+    let mut result = shared_fetch.clone().await;
+    // Whoever sees the fetch finish removes it (not only its initiator: a
+    // client that disconnected mid-fetch drops its future, and the entry
+    // must not keep handing out that frozen result).
+    let mut removed = false;
+    if let Ok(mut inflight) = cache.inflight.lock() {
+        if inflight.get(&key).is_some_and(|f| f.ptr_eq(&shared_fetch)) {
             inflight.remove(&key);
+            removed = true;
         }
     }
     if !initiated && result.as_ref().is_ok_and(|e| e.private) {
@@ -281,57 +455,61 @@ pub async fn get_query(
 
     match result {
         Ok(entry) => {
-            if entry.private {
-                // Never share: store under this client's key only, with a
-                // marker under the shared key so later lookups go there.
-                if entry.fresh_for > Duration::ZERO {
-                    cache.entries.insert(client_key, entry.clone()).await;
-                    cache
-                        .entries
-                        .insert(
-                            shared_key,
-                            Arc::new(Entry {
-                                status: 0,
-                                content_type: None,
-                                body: web::Bytes::new(),
-                                stored_at: Instant::now(),
-                                fresh_for: Duration::ZERO,
-                                stale_for: Duration::from_secs(86_400),
-                                private: true,
-                            }),
-                        )
-                        .await;
+            // Only the caller that retired the in-flight fetch stores it
+            // (coalesced waiters would store the same entry again).
+            if removed || entry.private {
+                if entry.private {
+                    // Never share: store under this client's key only, with a
+                    // marker under the shared key so later lookups go there.
+                    if entry.fresh_for > Duration::ZERO {
+                        cache.insert(client_key, entry.clone()).await;
+                        cache
+                            .insert(
+                                shared_key,
+                                Arc::new(Entry {
+                                    status: 0,
+                                    content_type: None,
+                                    body: web::Bytes::new(),
+                                    stored_at: Instant::now(),
+                                    fresh_for: Duration::ZERO,
+                                    stale_for: Duration::from_secs(86_400),
+                                    private: true,
+                                }),
+                            )
+                            .await;
+                    }
+                } else if entry.fresh_for > Duration::ZERO {
+                    cache.insert(shared_key, entry.clone()).await;
                 }
-            } else if entry.fresh_for > Duration::ZERO {
-                cache.entries.insert(shared_key, entry.clone()).await;
             }
-            span.record("cache", "miss");
-            tracing::debug!(target: "hookrelay::query", cache = "miss", status = entry.status, "query answered");
-            Ok(respond(&entry, "miss"))
+            Ok(Answer {
+                entry,
+                cache: "miss",
+                fallback: false,
+            })
         }
         Err(e) => {
             if let Some(stale) = cached
                 .as_ref()
                 .filter(|c| !c.private && c.is_usable_stale())
             {
-                span.record("cache", "stale");
                 tracing::debug!(target: "hookrelay::query", cache = "stale", reason = ?e, "query answered from a stale copy");
-                return Ok(respond(stale, "stale"));
+                return Ok(Answer {
+                    entry: stale.clone(),
+                    cache: "stale",
+                    fallback: false,
+                });
             }
             if let (FetchError::Open(_), Some(fb)) = (&e, &qsettings.fallback) {
-                let answer = answer_from_fallback(
-                    &settings,
-                    &integrations,
-                    &policies,
-                    &name,
-                    &query,
-                    fb,
-                    req.query_string(),
-                )
-                .await;
-                if let Some(resp) = answer {
-                    span.record("cache", "fallback");
-                    return Ok(resp);
+                let answer =
+                    answer_from_fallback(settings, integrations, policies, name, query, fb, raw_qs)
+                        .await;
+                if let Some(entry) = answer {
+                    return Ok(Answer {
+                        entry,
+                        cache: "fallback",
+                        fallback: true,
+                    });
                 }
             }
             Err(match e {
@@ -351,6 +529,222 @@ pub async fn get_query(
     }
 }
 
+/// One query of a batch.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchQuery {
+    /// Integration name.
+    pub integration: String,
+    /// Query name within the integration.
+    pub query: String,
+    /// Query-string parameters passed to the upstream (string, number or
+    /// boolean values).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Body of `POST /v1/queries/batch`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The queries, at most `query.batch_max_queries`.
+    pub queries: Vec<BatchQuery>,
+}
+
+/// One entry of a batch answer: the upstream's response, or a problem document.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BatchResult {
+    /// HTTP status this query would have answered alone.
+    pub status: u16,
+    /// `hit`, `miss` or `stale` (as `X-Cache`); absent with a problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// Response headers: `content-type`, `age`, `x-fallback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// The body: JSON when the upstream sent JSON, else a string.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<serde_json::Value>,
+    /// The problem document (RFC 9457) when this query failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
+}
+
+/// Answer of `POST /v1/queries/batch`.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct BatchResponse {
+    /// One result per query, in request order.
+    pub results: Vec<BatchResult>,
+}
+
+impl BatchResult {
+    fn from_answer(a: &Answer) -> Self {
+        let mut headers = std::collections::BTreeMap::new();
+        if let Some(ct) = &a.entry.content_type {
+            headers.insert("content-type".to_owned(), ct.clone());
+        }
+        headers.insert("age".to_owned(), a.entry.age().as_secs().to_string());
+        if a.fallback {
+            headers.insert("x-fallback".to_owned(), "true".to_owned());
+        }
+        let is_json = a
+            .entry
+            .content_type
+            .as_deref()
+            .is_some_and(|ct| ct.contains("json"));
+        let body = is_json
+            .then(|| serde_json::from_slice(&a.entry.body).ok())
+            .flatten()
+            .unwrap_or_else(|| {
+                serde_json::Value::String(String::from_utf8_lossy(&a.entry.body).into_owned())
+            });
+        BatchResult {
+            status: a.entry.status,
+            cache: Some(a.cache_header().to_owned()),
+            headers: Some(headers),
+            body: Some(body),
+            problem: None,
+        }
+    }
+
+    fn from_error(e: &ApiError) -> Self {
+        let problem = e.problem();
+        BatchResult {
+            status: problem.status,
+            cache: None,
+            headers: None,
+            body: None,
+            problem: Some(problem),
+        }
+    }
+}
+
+/// The query string of a batch entry's `params`, or a 422 naming the parameter.
+fn batch_query_string(
+    index: usize,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, ApiError> {
+    let mut qs = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        let value = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(ApiError::validation(
+                    format!("queries[{index}].params.{k}"),
+                    "must be a string, number or boolean",
+                ))
+            }
+        };
+        qs.append_pair(k, &value);
+    }
+    Ok(qs.finish())
+}
+
+/// Runs several upstream queries in one request, concurrently, each through
+/// the same role check, cache, coalescing and resilience policy as
+/// `GET /v1/queries/{integration}/{query}`; one result per query, in order.
+#[utoipa::path(
+    post, path = "/v1/queries/batch", tag = "queries",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result (or problem document) per query, in request order", body = BatchResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks the client, reader or admin role", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No queries, or more than `query.batch_max_queries` (field `queries`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(
+    name = "batch_query",
+    target = "hookrelay::query",
+    skip_all,
+    fields(queries)
+)]
+#[allow(clippy::too_many_arguments)]
+pub async fn batch_queries(
+    principal: Principal,
+    req: HttpRequest,
+    payload: web::Payload,
+    settings: web::Data<Arc<crate::config::Settings>>,
+    integrations: web::Data<Arc<Integrations>>,
+    policies: web::Data<Arc<Policies>>,
+    cache: web::Data<QueryCache>,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let result = async {
+        crate::command::check_json_content_type(&req)?;
+        let bytes = crate::command::read_limited(payload, settings.server.body_limit_bytes).await?;
+        let request = crate::command::parse_json::<BatchRequest>(&bytes)?;
+        let max = settings.query.batch_max_queries;
+        if request.queries.is_empty() || request.queries.len() > max {
+            return Err(ApiError::validation(
+                "queries",
+                format!("must hold 1 to {max} queries"),
+            ));
+        }
+        tracing::Span::current().record("queries", request.queries.len() as u64);
+        // The request itself was charged once by the limits middleware; each
+        // further entry costs one more request of the client's rate limit.
+        if let Some(guard) = req.app_data::<web::Data<crate::limits::Guard>>() {
+            let extra = u32::try_from(request.queries.len() - 1).unwrap_or(u32::MAX);
+            guard.charge_client(&principal.client_id, extra)?;
+        }
+        let ctx = QueryContext {
+            settings: &settings,
+            integrations: &integrations,
+            policies: &policies,
+            cache: &cache,
+        };
+        let runs = request.queries.iter().enumerate().map(|(i, q)| {
+            let ctx = &ctx;
+            let principal = &principal;
+            async move {
+                let entry_started = Instant::now();
+                let answer = match batch_query_string(i, &q.params) {
+                    Ok(qs) => run_query(ctx, principal, &q.integration, &q.query, &qs).await,
+                    Err(e) => Err(e),
+                };
+                let outcome = answer.as_ref().map_or("bypass", Answer::metric_outcome);
+                let status = match &answer {
+                    Ok(a) => a.entry.status,
+                    Err(e) => e.problem().status,
+                };
+                crate::metrics::query_answered(
+                    "upstream",
+                    outcome,
+                    entry_started.elapsed().as_secs_f64(),
+                );
+                tracing::info!(
+                    target: "hookrelay::query",
+                    endpoint = "upstream",
+                    batch_index = i,
+                    integration = %q.integration,
+                    query = %q.query,
+                    cache = outcome,
+                    status,
+                    duration_ms = entry_started.elapsed().as_millis() as u64,
+                    "query answered"
+                );
+                match answer {
+                    Ok(a) => BatchResult::from_answer(&a),
+                    Err(e) => BatchResult::from_error(&e),
+                }
+            }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        Ok(HttpResponse::Ok().json(BatchResponse { results }))
+    }
+    .await;
+    super::log_answer("batch", "bypass", started, &result);
+    result
+}
+
 /// Answers a query from its fallback while the primary's breaker is open:
 /// a static response, or the fallback integration's query through that
 /// integration's policy. Marked `X-Fallback: true`; never cached. `None` when
@@ -363,7 +757,7 @@ async fn answer_from_fallback(
     query: &str,
     fallback: &crate::config::FallbackSettings,
     qs: &str,
-) -> Option<HttpResponse> {
+) -> Option<Arc<Entry>> {
     crate::metrics::fallback_used(integration, query);
     let entry = if let Some(status) = fallback.status {
         Arc::new(Entry {
@@ -400,12 +794,7 @@ async fn answer_from_fallback(
         .await
         .ok()?
     };
-    let mut resp = respond(&entry, "miss");
-    resp.headers_mut().insert(
-        header::HeaderName::from_static("x-fallback"),
-        header::HeaderValue::from_static("true"),
-    );
-    Some(resp)
+    Some(entry)
 }
 
 async fn fetch(
@@ -505,6 +894,25 @@ mod tests {
             freshness(Some("max-age=5, stale-if-error=7"), None, cap).2,
             Some(Duration::from_secs(7))
         );
+        // Huge values are taken as 2^31 s (RFC 9111 §1.2.2) and never
+        // overflow the freshness arithmetic.
+        let (ttl, _, stale) = freshness(
+            Some("max-age=5, stale-if-error=18446744073709551615"),
+            None,
+            cap,
+        );
+        let stale = stale.expect("stale-if-error");
+        assert_eq!(stale, Duration::from_secs(1 << 31));
+        let entry = Entry {
+            status: 200,
+            content_type: None,
+            body: web::Bytes::new(),
+            stored_at: Instant::now(),
+            fresh_for: ttl.expect("fresh"),
+            stale_for: stale,
+            private: false,
+        };
+        assert!(entry.is_usable_stale());
     }
 
     #[test]

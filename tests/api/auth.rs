@@ -28,12 +28,12 @@ async fn missing_bad_and_expired_tokens_are_401() {
     assert_eq!(none.headers()["content-type"], "application/problem+json");
     assert_eq!(none.headers()["www-authenticate"], "Bearer");
 
-    let forged = hookrelay::auth::JwtKeys::new(&hookrelay::config::AuthSettings {
-        jwt_secret: "some-other-secret-that-is-long-enough!!".to_owned().into(),
-        leeway_s: 0,
-    })
-    .mint("acme", &["client".to_owned()], 600)
-    .expect("mint");
+    let mut other_key = app.settings.auth.clone();
+    other_key.jwt_secret = "some-other-secret-that-is-long-enough!!".to_owned().into();
+    let forged = hookrelay::auth::JwtKeys::new(&other_key)
+        .expect("keys")
+        .mint("acme", &["client".to_owned()], 600)
+        .expect("mint");
     let resp = app.post_command(&forged, &body, None).await;
     assert_eq!(resp.status(), 401, "bad signature");
 

@@ -224,6 +224,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub settings: Settings,
     pub shutdown: CancellationToken,
+    /// The read side's state (API role): status cache, read-your-writes window.
+    pub query_state: Option<Arc<hookrelay::query::QueryState>>,
 }
 
 /// Settings for a test: fresh database, port 0, private callbacks allowed,
@@ -235,6 +237,10 @@ pub fn test_settings(upstream: &str) -> Settings {
     s.database.max_connections = 10;
     s.server.bind = "127.0.0.1:0".into();
     s.server.workers = 1;
+    // Tests fire requests from one address as fast as they can; the rate-limit
+    // tests (tests/api/abuse.rs) turn the limits on with small numbers.
+    s.limits.per_ip_per_s = 0;
+    s.limits.per_client_per_s = 0;
     s.security.allow_private_callbacks = true;
     s.delivery.retry_schedule_s = vec![0.05, 0.1];
     s.delivery.timeout_ms = 2_000;
@@ -261,6 +267,7 @@ pub fn test_settings(upstream: &str) -> Settings {
                 method: m,
                 path: p.to_owned(),
                 fallback: None,
+                roles: None,
             },
         )
     })
@@ -273,6 +280,7 @@ pub fn test_settings(upstream: &str) -> Settings {
             max_attempts: 3,
             retry_backoff_ms: 20,
             max_response_bytes: 64 * 1024,
+            trusted: true,
             credential: None,
             operations,
             queries: [(
@@ -282,6 +290,7 @@ pub fn test_settings(upstream: &str) -> Settings {
                     cache_ttl_s: 60,
                     stale_if_error_s: 300,
                     fallback: None,
+                    roles: None,
                 },
             )]
             .into(),
@@ -318,6 +327,7 @@ pub async fn spawn_with_settings(
     let port = app.port().unwrap_or(0);
     let pool = app.pool().clone();
     let shutdown = app.shutdown_token();
+    let query_state = app.query_state();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
@@ -327,7 +337,37 @@ pub async fn spawn_with_settings(
         http: reqwest::Client::new(),
         settings,
         shutdown,
+        query_state,
     }
+}
+
+/// Another API instance of `app`'s deployment: the same settings (database,
+/// upstream, cache), its own port and process-local state.
+pub async fn spawn_sibling(app: &TestApp) -> TestApp {
+    let unused_upstream = MockServer::start().await;
+    spawn_with_settings(app.settings.clone(), unused_upstream, ServeRole::Api).await
+}
+
+/// A fresh database with the schema and no rows (e.g. a replica that never
+/// catches up); returns its URL.
+pub async fn empty_database() -> String {
+    let url = format!("{}/hookrelay_test_{}", pg_base(), Uuid::new_v4().simple());
+    hookrelay::db::ensure_database(&url)
+        .await
+        .expect("create database");
+    let pool = hookrelay::db::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    hookrelay::db::migrate(&pool, &url).await.expect("migrate");
+    pool.close().await;
+    url
+}
+
+/// Settings that use the test Redis (127.0.0.1:6379) with a key prefix of
+/// their own, so parallel tests never see each other's entries.
+pub fn use_redis(s: &mut Settings) {
+    s.cache.redis_url = SecretString::from("redis://127.0.0.1:6379".to_owned());
+    s.cache.key_prefix = format!("hookrelay-test-{}:", Uuid::new_v4().simple());
 }
 
 impl Drop for TestApp {
@@ -341,12 +381,27 @@ impl TestApp {
     /// A token for `sub` with `roles`, signed with the app's key.
     pub fn token(&self, sub: &str, roles: &[&str]) -> String {
         JwtKeys::new(&self.settings.auth)
+            .expect("jwt keys")
             .mint(
                 sub,
                 &roles.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>(),
                 600,
             )
             .expect("mint")
+    }
+
+    /// A token with exactly these claims (any JSON object, nothing added),
+    /// signed HS256 with the app's `auth.jwt_secret`.
+    pub fn token_with_claims(&self, claims: &Value) -> String {
+        use secrecy::ExposeSecret;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(
+                self.settings.auth.jwt_secret.expose_secret().as_bytes(),
+            ),
+        )
+        .expect("encode")
     }
 
     /// A command body for `create_thing` calling back to the test receiver.
@@ -472,4 +527,23 @@ pub fn settled(doc: &Value) -> bool {
             doc["callback"]["status"].as_str(),
             Some("delivered" | "dead_lettered")
         )
+}
+
+/// This machine's own hostname, checked to resolve (via /etc/hosts) to
+/// non-public addresses only: a real name for SSRF tests that must be refused
+/// after DNS resolution.
+pub async fn loopback_hostname() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("hostname")
+        .trim()
+        .to_owned();
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+        .await
+        .expect("the hostname resolves")
+        .collect();
+    assert!(
+        !resolved.is_empty() && resolved.iter().all(|a| hookrelay::security::is_private_ip(a.ip())),
+        "this test needs a hostname that resolves to non-public addresses only: {host} -> {resolved:?}"
+    );
+    host
 }

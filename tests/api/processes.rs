@@ -42,6 +42,7 @@ retry_schedule_s = [0.2, 0.5, 1]
 filter = "warn"
 [integrations.httpbin]
 base_url = "{upstream}"
+trusted = true
 [integrations.httpbin.operations.create_thing]
 method = "POST"
 path = "/anything/things/{{thing_id}}"
@@ -130,6 +131,7 @@ async fn sigkill_midway_loses_nothing_and_never_re_executes_a_recorded_call() {
     wait_ready(&http, &base).await;
     let pool = PgPool::connect(&db_url).await.expect("pool");
     let token = hookrelay::auth::JwtKeys::new(&settings.auth)
+        .expect("keys")
         .mint("acme", &["client".to_owned()], 600)
         .expect("token");
     let secret: Value = http

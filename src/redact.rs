@@ -1,0 +1,343 @@
+//! The redaction layer: one place that decides what outside text may keep.
+//!
+//! Used wherever text that hookrelay does not control is stored or logged:
+//! upstream results (`commands.result`, which is also the callback's
+//! `data.result`), receiver answers in the attempt audit log
+//! (`delivery_attempts.response_body`), `last_error` strings and the log
+//! fields that carry them. It masks, with [`REDACTED`]:
+//!
+//! - **JSON fields** whose name (case-insensitive) is in
+//!   `security.redact_fields`, or is a sensitive header name (below), at any
+//!   depth of objects and arrays: the whole value is replaced.
+//! - **Known secret values** wherever they appear as a substring: every
+//!   integration credential (`credential.value_env`, and its token after an
+//!   auth scheme such as `Bearer `), the JWT secret, and the configured
+//!   encryption and MAC keys. Values shorter than [`MIN_SECRET_LEN`] bytes are
+//!   not searched for (they would mask ordinary words).
+//! - **Standard Webhooks signing secrets**: any `whsec_` followed by base64.
+//!
+//! Sensitive header names: `Authorization`, `Proxy-Authorization`, `Cookie`,
+//! `Set-Cookie`, and each integration's credential header
+//! ([`Redactor::is_sensitive_header`]).
+//!
+//! Text that parses as a JSON object or array is masked field by field and
+//! re-serialised (compact) only when something was masked; other text gets the
+//! substring rules only (a truncated JSON body is text).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::security::SECRET_PREFIX;
+
+/// What a masked value is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Header names always treated as sensitive (lowercase).
+pub const SENSITIVE_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Shortest known secret value searched for as a substring, bytes.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// Masks sensitive fields, headers and known secret values (module docs).
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Lowercase JSON field names to mask.
+    fields: HashSet<String>,
+    /// Lowercase header names to mask.
+    headers: HashSet<String>,
+    /// Known secret values, longest first (so a value containing another is
+    /// masked whole).
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    /// Field and header names only, never the secret values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("fields", &self.fields)
+            .field("headers", &self.headers)
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// A redactor masking `fields` (JSON field names), the standard sensitive
+    /// headers plus `headers`, and the known secret `values`.
+    pub fn new<'a>(
+        fields: impl IntoIterator<Item = &'a str>,
+        headers: impl IntoIterator<Item = &'a str>,
+        values: impl IntoIterator<Item = &'a str>,
+    ) -> Redactor {
+        let mut secrets: Vec<String> = Vec::new();
+        for value in values {
+            let value = value.trim();
+            // "Bearer abc…": the token alone may be echoed too.
+            let token = value
+                .split_once(' ')
+                .map(|(_, t)| t.trim())
+                .filter(|t| t.len() >= MIN_SECRET_LEN);
+            for v in std::iter::once(value).chain(token) {
+                if v.len() >= MIN_SECRET_LEN && !secrets.iter().any(|s| s == v) {
+                    secrets.push(v.to_owned());
+                }
+            }
+        }
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Redactor {
+            fields: fields.into_iter().map(str::to_ascii_lowercase).collect(),
+            headers: SENSITIVE_HEADERS
+                .iter()
+                .copied()
+                .chain(headers)
+                .map(str::to_ascii_lowercase)
+                .collect(),
+            secrets,
+        }
+    }
+
+    /// The redactor of a configuration: `security.redact_fields`, every
+    /// integration's credential header and value, the JWT secret, and the
+    /// key material of `security.signing_key_encryption_keys` and
+    /// `security.job_mac_keys`.
+    pub fn from_settings(settings: &Settings) -> Redactor {
+        let credentials: Vec<(&str, Option<&str>)> = settings
+            .integrations
+            .values()
+            .filter_map(|i| i.credential.as_ref())
+            .map(|c| {
+                (
+                    c.header.as_str(),
+                    c.value.as_ref().map(|v| v.expose_secret()),
+                )
+            })
+            .collect();
+        let keys = settings
+            .security
+            .signing_key_encryption_keys
+            .iter()
+            .chain(&settings.security.job_mac_keys)
+            .filter_map(|k| k.expose_secret().split_once(':').map(|(_, key)| key));
+        Redactor::new(
+            settings.security.redact_fields.iter().map(String::as_str),
+            credentials.iter().map(|(h, _)| *h),
+            credentials
+                .iter()
+                .filter_map(|(_, v)| *v)
+                .chain(std::iter::once(settings.auth.jwt_secret.expose_secret()))
+                .chain(keys),
+        )
+    }
+
+    /// Whether a header of this name carries credentials (case-insensitive).
+    pub fn is_sensitive_header(&self, name: &str) -> bool {
+        self.headers.contains(&name.to_ascii_lowercase())
+    }
+
+    /// Whether a JSON field of this name is masked whole (case-insensitive):
+    /// a configured field or a sensitive header name.
+    pub fn is_sensitive_field(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        self.fields.contains(&lower) || self.headers.contains(&lower)
+    }
+
+    /// `value` as it may be logged: [`REDACTED`] for a sensitive header,
+    /// else the value with known secrets masked.
+    pub fn header<'a>(&self, name: &str, value: &'a str) -> Cow<'a, str> {
+        if self.is_sensitive_header(name) {
+            Cow::Borrowed(REDACTED)
+        } else {
+            self.mask_secrets(value)
+        }
+    }
+
+    /// Masks a JSON value in place: sensitive fields at any depth, and known
+    /// secrets and `whsec_` secrets inside every string (keys included).
+    /// Returns whether anything was masked.
+    pub fn json_in_place(&self, value: &mut Value) -> bool {
+        match value {
+            Value::String(s) => {
+                if let Cow::Owned(masked) = self.mask_secrets(s) {
+                    *s = masked;
+                    return true;
+                }
+                false
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |acc, item| self.json_in_place(item) | acc),
+            Value::Object(map) => {
+                let mut changed = false;
+                let renamed: Vec<(String, String)> = map
+                    .keys()
+                    .filter_map(|k| match self.mask_secrets(k) {
+                        Cow::Owned(m) => Some((k.clone(), m)),
+                        Cow::Borrowed(_) => None,
+                    })
+                    .collect();
+                for (old, new) in renamed {
+                    if let Some(v) = map.remove(&old) {
+                        map.insert(new, v);
+                        changed = true;
+                    }
+                }
+                for (k, v) in map.iter_mut() {
+                    if self.is_sensitive_field(k) {
+                        if *v != Value::String(REDACTED.into()) {
+                            *v = Value::String(REDACTED.into());
+                            changed = true;
+                        }
+                    } else {
+                        changed |= self.json_in_place(v);
+                    }
+                }
+                changed
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => false,
+        }
+    }
+
+    /// A masked copy of a JSON value ([`Redactor::json_in_place`]).
+    pub fn json(&self, value: &Value) -> Value {
+        let mut v = value.clone();
+        self.json_in_place(&mut v);
+        v
+    }
+
+    /// Masks outside text: if it is a JSON object or array, field by field
+    /// (re-serialised only when something was masked); in any case known
+    /// secrets and `whsec_` secrets.
+    pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('{') || trimmed.starts_with('[') {
+            if let Ok(mut v) = serde_json::from_str::<Value>(text) {
+                if self.json_in_place(&mut v) {
+                    return Cow::Owned(v.to_string());
+                }
+                return Cow::Borrowed(text);
+            }
+        }
+        self.mask_secrets(text)
+    }
+
+    /// [`Redactor::text`] for an optional string.
+    pub fn opt_text(&self, text: Option<String>) -> Option<String> {
+        text.map(|t| match self.text(&t) {
+            Cow::Borrowed(_) => t,
+            Cow::Owned(m) => m,
+        })
+    }
+
+    /// Known secret values and `whsec_` secrets in `text`, masked.
+    fn mask_secrets<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out: Cow<'a, str> = Cow::Borrowed(text);
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+            }
+        }
+        if out.contains(SECRET_PREFIX) {
+            out = Cow::Owned(mask_whsec(&out));
+        }
+        out
+    }
+}
+
+/// Replaces every `whsec_<base64>` with [`REDACTED`].
+fn mask_whsec(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(SECRET_PREFIX) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + SECRET_PREFIX.len()..];
+        let len = after
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            .count();
+        if len == 0 {
+            out.push_str(SECRET_PREFIX);
+        } else {
+            out.push_str(REDACTED);
+        }
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn redactor() -> Redactor {
+        Redactor::new(
+            ["password", "api_key", "card_number"],
+            ["X-Vendor-Key"],
+            ["Bearer vendor-token-123456"],
+        )
+    }
+
+    #[test]
+    fn fields_are_masked_at_any_depth_case_insensitively() {
+        let r = redactor();
+        let mut v = json!({
+            "user": {"Password": "hunter22", "name": "ann"},
+            "items": [{"API_KEY": {"nested": 1}}, {"card_number": 4111}],
+            "headers": {"Authorization": "Basic abc", "x-vendor-key": "k", "Accept": "*/*"},
+            "note": "fine"
+        });
+        assert!(r.json_in_place(&mut v));
+        assert_eq!(
+            v,
+            json!({
+                "user": {"Password": REDACTED, "name": "ann"},
+                "items": [{"API_KEY": REDACTED}, {"card_number": REDACTED}],
+                "headers": {"Authorization": REDACTED, "x-vendor-key": REDACTED, "Accept": "*/*"},
+                "note": "fine"
+            })
+        );
+        let mut clean = json!({"a": [1, "b"]});
+        assert!(!r.json_in_place(&mut clean));
+    }
+
+    #[test]
+    fn known_secrets_and_whsec_are_masked_in_text() {
+        let r = redactor();
+        let text = "echo: Bearer vendor-token-123456; token vendor-token-123456; \
+                    sig whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw end; whsec_ alone";
+        let masked = r.text(text);
+        assert!(!masked.contains("vendor-token-123456"), "{masked}");
+        assert!(!masked.contains("MfKQ9r8"), "{masked}");
+        assert!(masked.contains("whsec_ alone"), "{masked}");
+        assert_eq!(r.text("nothing here"), Cow::Borrowed("nothing here"));
+        let json_text = r#"{"password": "p4ss", "echo": "vendor-token-123456"}"#;
+        let masked = r.text(json_text);
+        assert!(
+            !masked.contains("p4ss") && !masked.contains("vendor-token"),
+            "{masked}"
+        );
+        assert_eq!(r.header("cookie", "a=b"), REDACTED);
+        assert_eq!(r.header("X-Vendor-Key", "a=b"), REDACTED);
+        assert_eq!(r.header("accept", "a/b"), "a/b");
+        // Secrets inside object keys are masked too.
+        let mut v = json!({"vendor-token-123456": 1});
+        assert!(r.json_in_place(&mut v));
+        assert!(!v.to_string().contains("vendor-token"), "{v}");
+    }
+
+    #[test]
+    fn short_values_are_not_searched() {
+        let r = Redactor::new([], [], ["abc"]);
+        assert_eq!(r.text("abc def"), "abc def");
+    }
+}

@@ -1,0 +1,623 @@
+//! Sealed outbox jobs: a MAC over what a job will act on, computed when the
+//! work is enqueued and verified by the dispatcher before it acts.
+//!
+//! A job row only points at the rows it acts on (`commands`, `deliveries`), so
+//! the seal is stored on those rows and covers exactly what the job reads:
+//!
+//! - **execute** (`commands.seal`): kind, command id, client, integration,
+//!   operation, method, path, params, body, callback URL, idempotency key.
+//!   Written at intake; cleared when the command finishes, so no execute job
+//!   can verify against a finished command.
+//! - **deliver** (`deliveries.seal`): kind, delivery id, command id, client,
+//!   callback URL, payload. Written with the delivery and kept, so a replay
+//!   (a new job pointing at the same row) verifies without re-sealing.
+//!
+//! The MAC is HMAC-SHA256 (RFC 2104) keyed with a key of
+//! `security.job_mac_keys`; the stored form is `{key_id}:{base64(mac)}`. The
+//! first key seals, every configured key verifies, so keys rotate by
+//! prepending a new one. The input is a canonical, length-prefixed encoding
+//! (never string concatenation): a domain label, then each field as an 8-byte
+//! big-endian length and its bytes; JSON values are encoded as a tagged tree
+//! with object keys sorted and numbers normalised (integers, including
+//! integral floats, as decimal; other floats by their IEEE-754 bits), so the
+//! value read back from `jsonb` verifies against the value sent at intake.
+
+use std::fmt;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use secrecy::zeroize::Zeroizing;
+use secrecy::SecretString;
+use serde_json::Value;
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::security::{KeyConfigError, MAX_KEY_ID_LEN};
+
+/// Length of a key in `security.job_mac_keys`, bytes (the HMAC-SHA256 block
+/// is 64 bytes; 32 random bytes give the full 256-bit strength).
+pub const MAC_KEY_BYTES: usize = 32;
+
+/// Domain label in front of every MAC input, so a MAC made for another
+/// purpose under the same key cannot pass for a job seal.
+const LABEL: &[u8] = b"hookrelay/job-seal/v1\0";
+
+/// What an execute job acts on (fields of its `commands` row).
+#[derive(Debug, Clone, Copy)]
+pub struct ExecuteSeal<'a> {
+    /// Command id.
+    pub command_id: Uuid,
+    /// Owner.
+    pub client_id: &'a str,
+    /// Integration name.
+    pub integration: &'a str,
+    /// Operation name.
+    pub operation: &'a str,
+    /// Resolved method.
+    pub method: &'a str,
+    /// Resolved path.
+    pub path: &'a str,
+    /// Params.
+    pub params: &'a Value,
+    /// Body (absent = `None`).
+    pub body: Option<&'a Value>,
+    /// Callback URL.
+    pub callback_url: &'a str,
+    /// Client's idempotency key (forwarded upstream).
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// What a deliver job acts on (fields of its `deliveries` row).
+#[derive(Debug, Clone, Copy)]
+pub struct DeliverSeal<'a> {
+    /// Delivery id (the `webhook-id`).
+    pub delivery_id: Uuid,
+    /// Command id.
+    pub command_id: Uuid,
+    /// Owner (whose signing secrets sign the webhook).
+    pub client_id: &'a str,
+    /// Callback URL.
+    pub url: &'a str,
+    /// The exact body every attempt signs and sends.
+    pub payload: &'a str,
+}
+
+/// Why a seal does not verify. Messages never contain key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// The row carries no seal (written before sealing, or tampered).
+    #[error("the row is not sealed")]
+    Missing,
+    /// Not `{key_id}:{base64}` of a 32-byte MAC.
+    #[error("the seal is malformed")]
+    Malformed,
+    /// Sealed with a key id that is not configured.
+    #[error("sealed with key id `{0}`, which is not in security.job_mac_keys")]
+    UnknownKey(String),
+    /// The MAC does not match: the row (or the seal) was altered.
+    #[error("the seal does not match the row (altered after it was sealed)")]
+    Mismatch,
+}
+
+/// Seals and verifies outbox jobs (see the module docs). Built once from
+/// `security.job_mac_keys`, shared by intake and the dispatcher.
+pub struct JobSealer {
+    /// `(key id, key)`, in configuration order; the first seals.
+    keys: Vec<(String, Zeroizing<Vec<u8>>)>,
+}
+
+impl fmt::Debug for JobSealer {
+    /// Key ids only, never key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobSealer")
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl JobSealer {
+    /// Parses `id:base64` entries (`security.job_mac_keys`): ids of 1 to 32
+    /// ASCII letters, digits, `.`, `_` or `-`, unique; keys of exactly 32
+    /// bytes in standard base64.
+    ///
+    /// # Errors
+    /// [`KeyConfigError`] for the first bad entry (1-based), without key material.
+    pub fn from_keys(entries: &[SecretString]) -> Result<JobSealer, KeyConfigError> {
+        let keys = crate::security::parse_keys(entries, MAC_KEY_BYTES)?;
+        Ok(JobSealer { keys })
+    }
+
+    /// Configured key ids, the sealing one first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// The seal of an execute job's command, with the first key.
+    pub fn seal_execute(&self, fields: &ExecuteSeal<'_>) -> String {
+        self.seal(&encode_execute(fields))
+    }
+
+    /// The seal of a deliver job's delivery, with the first key.
+    pub fn seal_deliver(&self, fields: &DeliverSeal<'_>) -> String {
+        self.seal(&encode_deliver(fields))
+    }
+
+    /// Verifies `seal` (as stored; `None` = unsealed) over an execute job's fields.
+    ///
+    /// # Errors
+    /// [`SealError`]: missing, malformed, unknown key, or mismatch.
+    pub fn verify_execute(
+        &self,
+        seal: Option<&str>,
+        fields: &ExecuteSeal<'_>,
+    ) -> Result<(), SealError> {
+        self.verify(seal, &encode_execute(fields))
+    }
+
+    /// Verifies `seal` over a deliver job's fields.
+    ///
+    /// # Errors
+    /// [`SealError`]: missing, malformed, unknown key, or mismatch.
+    pub fn verify_deliver(
+        &self,
+        seal: Option<&str>,
+        fields: &DeliverSeal<'_>,
+    ) -> Result<(), SealError> {
+        self.verify(seal, &encode_deliver(fields))
+    }
+
+    fn seal(&self, input: &[u8]) -> String {
+        // `from_keys` refuses an empty list, so there is always a first key.
+        let Some((id, key)) = self.keys.first() else {
+            return String::new();
+        };
+        let tag = mac(key, input).finalize().into_bytes();
+        format!(
+            "{id}:{}",
+            base64::engine::general_purpose::STANDARD.encode(tag)
+        )
+    }
+
+    fn verify(&self, seal: Option<&str>, input: &[u8]) -> Result<(), SealError> {
+        let seal = seal.ok_or(SealError::Missing)?;
+        let (id, encoded) = seal.split_once(':').ok_or(SealError::Malformed)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, key)| key)
+            .ok_or_else(|| SealError::UnknownKey(id.chars().take(MAX_KEY_ID_LEN).collect()))?;
+        let tag = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| SealError::Malformed)?;
+        if tag.len() != 32 {
+            return Err(SealError::Malformed);
+        }
+        // Constant-time comparison (hmac's `verify_slice`).
+        mac(key, input)
+            .verify_slice(&tag)
+            .map_err(|_| SealError::Mismatch)
+    }
+}
+
+/// What [`reseal_jobs`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResealJobsReport {
+    /// Rows (commands and deliveries) re-sealed with the first key.
+    pub resealed: u64,
+    /// Rows whose seal does not verify (altered, or its key is not
+    /// configured): logged at error and left as they are, so their jobs are
+    /// still quarantined. Never re-sealed: that would launder an edited row.
+    pub unverified: u64,
+}
+
+#[derive(sqlx::FromRow)]
+struct CommandRow {
+    id: Uuid,
+    client_id: String,
+    integration: String,
+    operation: String,
+    method: String,
+    path: String,
+    params: sqlx::types::Json<Value>,
+    body: Option<sqlx::types::Json<Value>>,
+    callback_url: String,
+    idempotency_key: Option<String>,
+    seal: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: Uuid,
+    command_id: Uuid,
+    client_id: String,
+    url: String,
+    payload: String,
+    seal: String,
+}
+
+/// Re-seals, with the first key of `sealer`, every row whose job may still
+/// run and that is sealed with another key — commands not yet finished and
+/// deliveries not yet delivered (pending, or dead letters that may be
+/// replayed) — so an older key of `security.job_mac_keys` can be removed
+/// (`hookrelay reseal-jobs`, docs/operations.md). Each row is verified with
+/// its current key first and updated only if its seal is still the one read,
+/// so it is safe while the service runs and can be repeated.
+///
+/// # Errors
+/// Database errors (rows already re-sealed stay re-sealed).
+pub async fn reseal_jobs(
+    pool: &sqlx::PgPool,
+    sealer: &JobSealer,
+) -> sqlx::Result<ResealJobsReport> {
+    let first = sealer.keys.first().map(|(id, _)| id.as_str()).unwrap_or("");
+    let mut report = ResealJobsReport::default();
+    let commands: Vec<CommandRow> = sqlx::query_as(
+        "SELECT id, client_id, integration, operation, method, path, params, body,
+                callback_url, idempotency_key, seal
+           FROM commands
+          WHERE seal IS NOT NULL AND NOT starts_with(seal, $1 || ':')
+          ORDER BY id",
+    )
+    .bind(first)
+    .fetch_all(pool)
+    .await?;
+    for c in commands {
+        let fields = ExecuteSeal {
+            command_id: c.id,
+            client_id: &c.client_id,
+            integration: &c.integration,
+            operation: &c.operation,
+            method: &c.method,
+            path: &c.path,
+            params: &c.params.0,
+            body: c.body.as_ref().map(|b| &b.0),
+            callback_url: &c.callback_url,
+            idempotency_key: c.idempotency_key.as_deref(),
+        };
+        if let Err(error) = sealer.verify_execute(Some(&c.seal), &fields) {
+            tracing::error!(command_id = %c.id, %error, "a command's seal does not verify; not re-sealed");
+            report.unverified += 1;
+            continue;
+        }
+        report.resealed += sqlx::query("UPDATE commands SET seal = $3 WHERE id = $1 AND seal = $2")
+            .bind(c.id)
+            .bind(&c.seal)
+            .bind(sealer.seal_execute(&fields))
+            .execute(pool)
+            .await?
+            .rows_affected();
+    }
+    let deliveries: Vec<DeliveryRow> = sqlx::query_as(
+        "SELECT d.id, d.command_id, c.client_id, d.url, d.payload, d.seal
+           FROM deliveries d JOIN commands c ON c.id = d.command_id
+          WHERE d.seal IS NOT NULL AND NOT starts_with(d.seal, $1 || ':')
+            AND d.status <> 'delivered'
+          ORDER BY d.id",
+    )
+    .bind(first)
+    .fetch_all(pool)
+    .await?;
+    for d in deliveries {
+        let fields = DeliverSeal {
+            delivery_id: d.id,
+            command_id: d.command_id,
+            client_id: &d.client_id,
+            url: &d.url,
+            payload: &d.payload,
+        };
+        if let Err(error) = sealer.verify_deliver(Some(&d.seal), &fields) {
+            tracing::error!(delivery_id = %d.id, %error, "a delivery's seal does not verify; not re-sealed");
+            report.unverified += 1;
+            continue;
+        }
+        report.resealed +=
+            sqlx::query("UPDATE deliveries SET seal = $3 WHERE id = $1 AND seal = $2")
+                .bind(d.id)
+                .bind(&d.seal)
+                .bind(sealer.seal_deliver(&fields))
+                .execute(pool)
+                .await?
+                .rows_affected();
+    }
+    Ok(report)
+}
+
+fn mac(key: &[u8], input: &[u8]) -> Hmac<Sha256> {
+    let mut m =
+        <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    m.update(input);
+    m
+}
+
+/// Canonical encoder: every field is length-prefixed, so no two different
+/// field lists encode alike.
+struct Encoder(Vec<u8>);
+
+impl Encoder {
+    fn new(kind: &str) -> Self {
+        let mut e = Encoder(Vec::with_capacity(512));
+        e.0.extend_from_slice(LABEL);
+        e.bytes(kind.as_bytes());
+        e
+    }
+
+    fn len(&mut self, n: usize) {
+        self.0.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.len(b.len());
+        self.0.extend_from_slice(b);
+    }
+
+    fn opt(&mut self, s: Option<&str>) {
+        match s {
+            None => self.0.push(0),
+            Some(s) => {
+                self.0.push(1);
+                self.bytes(s.as_bytes());
+            }
+        }
+    }
+
+    fn json(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.0.push(b'n'),
+            Value::Bool(false) => self.0.push(b'f'),
+            Value::Bool(true) => self.0.push(b't'),
+            Value::Number(n) => {
+                let int = n
+                    .as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+                    .or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.is_finite() && f.fract() == 0.0 && f.abs() < 1e38)
+                            // Exact: an integral f64 below 2^127 fits an i128.
+                            .map(|f| f as i128)
+                    });
+                match int {
+                    Some(i) => {
+                        self.0.push(b'i');
+                        self.bytes(i.to_string().as_bytes());
+                    }
+                    None => {
+                        self.0.push(b'd');
+                        let bits = n.as_f64().unwrap_or(f64::NAN).to_bits();
+                        self.0.extend_from_slice(&bits.to_be_bytes());
+                    }
+                }
+            }
+            Value::String(s) => {
+                self.0.push(b's');
+                self.bytes(s.as_bytes());
+            }
+            Value::Array(items) => {
+                self.0.push(b'a');
+                self.len(items.len());
+                for item in items {
+                    self.json(item);
+                }
+            }
+            Value::Object(map) => {
+                self.0.push(b'o');
+                self.len(map.len());
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in entries {
+                    self.bytes(k.as_bytes());
+                    self.json(v);
+                }
+            }
+        }
+    }
+}
+
+fn encode_execute(f: &ExecuteSeal<'_>) -> Vec<u8> {
+    let mut e = Encoder::new("execute");
+    e.bytes(f.command_id.as_bytes());
+    e.bytes(f.client_id.as_bytes());
+    e.bytes(f.integration.as_bytes());
+    e.bytes(f.operation.as_bytes());
+    e.bytes(f.method.as_bytes());
+    e.bytes(f.path.as_bytes());
+    e.json(f.params);
+    match f.body {
+        None => e.0.push(0),
+        Some(b) => {
+            e.0.push(1);
+            e.json(b);
+        }
+    }
+    e.bytes(f.callback_url.as_bytes());
+    e.opt(f.idempotency_key);
+    e.0
+}
+
+fn encode_deliver(f: &DeliverSeal<'_>) -> Vec<u8> {
+    let mut e = Encoder::new("deliver");
+    e.bytes(f.delivery_id.as_bytes());
+    e.bytes(f.command_id.as_bytes());
+    e.bytes(f.client_id.as_bytes());
+    e.bytes(f.url.as_bytes());
+    e.bytes(f.payload.as_bytes());
+    e.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(id: &str, byte: u8) -> SecretString {
+        SecretString::from(format!(
+            "{id}:{}",
+            base64::engine::general_purpose::STANDARD.encode([byte; MAC_KEY_BYTES])
+        ))
+    }
+
+    fn sealer(keys: &[SecretString]) -> JobSealer {
+        JobSealer::from_keys(keys).expect("valid keys")
+    }
+
+    fn execute<'a>(params: &'a Value, body: Option<&'a Value>) -> ExecuteSeal<'a> {
+        ExecuteSeal {
+            command_id: Uuid::nil(),
+            client_id: "acme",
+            integration: "httpbin",
+            operation: "create_thing",
+            method: "POST",
+            path: "/things/42",
+            params,
+            body,
+            callback_url: "https://partner.example/hooks",
+            idempotency_key: Some("k1"),
+        }
+    }
+
+    #[test]
+    fn seals_verify_and_any_change_breaks_them() {
+        let s = sealer(&[key("m1", 1)]);
+        let params = json!({"thing_id": "42"});
+        let body = json!({"a": [1, 2.5, "x"], "b": {"c": null}});
+        let f = execute(&params, Some(&body));
+        let seal = s.seal_execute(&f);
+        assert!(seal.starts_with("m1:"), "{seal}");
+        assert_eq!(s.verify_execute(Some(&seal), &f), Ok(()));
+        let other_body = json!({"a": [1, 2.5, "y"], "b": {"c": null}});
+        for changed in [
+            ExecuteSeal {
+                client_id: "beta",
+                ..f
+            },
+            ExecuteSeal {
+                path: "/things/43",
+                ..f
+            },
+            ExecuteSeal {
+                callback_url: "https://evil.example/",
+                ..f
+            },
+            ExecuteSeal {
+                idempotency_key: None,
+                ..f
+            },
+            ExecuteSeal {
+                body: Some(&other_body),
+                ..f
+            },
+            ExecuteSeal { body: None, ..f },
+            ExecuteSeal {
+                command_id: Uuid::max(),
+                ..f
+            },
+        ] {
+            assert_eq!(
+                s.verify_execute(Some(&seal), &changed),
+                Err(SealError::Mismatch),
+                "{changed:?}"
+            );
+        }
+        // Length prefixes: moving bytes between fields changes the MAC.
+        let shifted = ExecuteSeal {
+            integration: "httpbincreate",
+            operation: "_thing",
+            ..f
+        };
+        assert_eq!(
+            s.verify_execute(Some(&seal), &shifted),
+            Err(SealError::Mismatch)
+        );
+        assert_eq!(s.verify_execute(None, &f), Err(SealError::Missing));
+        assert_eq!(
+            s.verify_execute(Some("m1:AAAA"), &f),
+            Err(SealError::Malformed)
+        );
+        let relabelled = format!("m9:{}", seal.split_once(':').expect("format").1);
+        assert_eq!(
+            s.verify_execute(Some(&relabelled), &f),
+            Err(SealError::UnknownKey("m9".into()))
+        );
+    }
+
+    #[test]
+    fn json_round_trip_through_jsonb_forms_verifies() {
+        // What jsonb gives back may differ in key order and number spelling.
+        let s = sealer(&[key("m1", 1)]);
+        let sent: Value =
+            serde_json::from_str(r#"{"b": 1e2, "a": {"y": -0.0, "x": 12000000000000000000000}}"#)
+                .expect("json");
+        let stored: Value =
+            serde_json::from_str(r#"{"a": {"x": 12000000000000000000000, "y": 0}, "b": 100}"#)
+                .expect("json");
+        let params = json!({});
+        let seal = s.seal_execute(&execute(&params, Some(&sent)));
+        assert_eq!(
+            s.verify_execute(Some(&seal), &execute(&params, Some(&stored))),
+            Ok(())
+        );
+        // Large integers are exact: one apart is a different value.
+        let a: Value = serde_json::from_str("9007199254740993").expect("json");
+        let b: Value = serde_json::from_str("9007199254740992").expect("json");
+        let seal = s.seal_execute(&execute(&params, Some(&a)));
+        assert_eq!(
+            s.verify_execute(Some(&seal), &execute(&params, Some(&b))),
+            Err(SealError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn deliver_seals_and_key_rotation() {
+        let old = sealer(&[key("m1", 1)]);
+        let f = DeliverSeal {
+            delivery_id: Uuid::nil(),
+            command_id: Uuid::max(),
+            client_id: "acme",
+            url: "https://partner.example/hooks",
+            payload: r#"{"type":"command.succeeded"}"#,
+        };
+        let seal = old.seal_deliver(&f);
+        let rotated = sealer(&[key("m2", 2), key("m1", 1)]);
+        assert_eq!(rotated.verify_deliver(Some(&seal), &f), Ok(()));
+        assert!(rotated.seal_deliver(&f).starts_with("m2:"));
+        let changed = DeliverSeal {
+            payload: r#"{"type":"command.failed"}"#,
+            ..f
+        };
+        assert_eq!(
+            rotated.verify_deliver(Some(&seal), &changed),
+            Err(SealError::Mismatch)
+        );
+        // Same id, other key material.
+        let impostor = sealer(&[key("m1", 7)]);
+        assert_eq!(
+            impostor.verify_deliver(Some(&seal), &f),
+            Err(SealError::Mismatch)
+        );
+        assert_eq!(
+            format!("{rotated:?}"),
+            r#"JobSealer { key_ids: ["m2", "m1"] }"#
+        );
+    }
+
+    #[test]
+    fn bad_key_lists_are_refused() {
+        assert_eq!(
+            JobSealer::from_keys(&[]).expect_err("empty"),
+            KeyConfigError::Empty
+        );
+        assert_eq!(
+            JobSealer::from_keys(&[key("m1", 1), key("m1", 2)]).expect_err("dup"),
+            KeyConfigError::DuplicateId { id: "m1".into() }
+        );
+        let short = SecretString::from("m1:AAAA");
+        assert!(matches!(
+            JobSealer::from_keys(&[short]).expect_err("short"),
+            KeyConfigError::BadLength { entry: 1, .. }
+        ));
+    }
+}
