@@ -27,6 +27,8 @@
 //! | `hookrelay_cache_requests_total` | counter | `endpoint`, `outcome` | read-side cache lookups ([`cache_request`]); hit ratio = `hit` / all |
 //! | `hookrelay_query_duration_seconds` | histogram | `endpoint` | wall time of read-side requests ([`query_answered`]) |
 //! | `hookrelay_cache_errors_total` | counter | `op` | Redis cache errors answered by falling back ([`cache_error`]) |
+//! | `hookrelay_long_poll_waiters` | gauge | — | long-poll requests waiting for a status change ([`long_poll_waiters`]) |
+//! | `hookrelay_long_poll_reads_total` | counter | — | batched re-reads of waited-on status documents ([`long_poll_read`]) |
 //!
 //! Histograms use the buckets of [`DURATION_BUCKETS`] (5 ms … 30 s), which
 //! cover the default upstream timeout (10 s) and callback timeout (15 s);
@@ -85,6 +87,10 @@ pub const CACHE_REQUESTS: &str = "hookrelay_cache_requests_total";
 pub const QUERY_DURATION: &str = "hookrelay_query_duration_seconds";
 /// Redis cache errors (counter).
 pub const CACHE_ERRORS: &str = "hookrelay_cache_errors_total";
+/// Long-poll requests waiting for a status change (gauge).
+pub const LONG_POLL_WAITERS: &str = "hookrelay_long_poll_waiters";
+/// Batched re-reads of waited-on status documents (counter).
+pub const LONG_POLL_READS: &str = "hookrelay_long_poll_reads_total";
 
 /// Histogram bucket upper bounds, seconds: 5 ms to 30 s, roughly ×2–2.5 apart.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -213,6 +219,14 @@ fn describe() {
         DELIVERY_LATENCY,
         metrics::Unit::Seconds,
         "Time from a command's acceptance to its callback being delivered (first delivery run; replays are not observed)."
+    );
+    describe_gauge!(
+        LONG_POLL_WAITERS,
+        "Long-poll requests (GET /v1/commands/{id}?wait=) waiting for a status change."
+    );
+    describe_counter!(
+        LONG_POLL_READS,
+        "Queries re-reading the status documents of waited-on commands: one per 50 ms tick and pool while anyone waits (per 1,000 commands), however many wait."
     );
 }
 
@@ -364,6 +378,17 @@ pub fn query_answered(endpoint: &'static str, outcome: &'static str, seconds: f6
     histogram!(QUERY_DURATION, "endpoint" => endpoint).record(seconds);
 }
 
+/// `delta` (+1 or -1) long-poll requests started or stopped waiting
+/// (`hookrelay_long_poll_waiters`).
+pub fn long_poll_waiters(delta: f64) {
+    gauge!(LONG_POLL_WAITERS).increment(delta);
+}
+
+/// One batched long-poll re-read ran (`hookrelay_long_poll_reads_total`).
+pub fn long_poll_read() {
+    counter!(LONG_POLL_READS).increment(1);
+}
+
 /// A Redis cache operation failed (`hookrelay_cache_errors_total`).
 ///
 /// `op`: `"connect"`, `"get"`, `"set"`, `"del"`, `"decode"`.
@@ -403,6 +428,8 @@ mod tests {
             CACHE_REQUESTS,
             QUERY_DURATION,
             CACHE_ERRORS,
+            LONG_POLL_WAITERS,
+            LONG_POLL_READS,
         ];
         let rules = include_str!("../docs/alerts.yml");
         let used: Vec<&str> = rules

@@ -167,7 +167,14 @@ impl Application {
         // Every role builds the read-side state: the admin listener of a
         // worker serves read handlers too (dead letters).
         let redis = RedisCache::from_settings(&settings.cache)?;
-        let query_state = Arc::new(QueryState::new(&settings, redis.clone(), policies.clone()));
+        let query_state = Arc::new(QueryState::new(
+            &settings,
+            redis.clone(),
+            policies.clone(),
+            primary.clone(),
+            read.clone(),
+        ));
+        query_state.start_long_poll(&cancel);
         let (intake, events, intake_writers, event_tailer) = if role.api() {
             let (intake, writers) = Intake::start(
                 primary.clone(),

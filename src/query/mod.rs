@@ -20,6 +20,7 @@
 
 pub mod cache;
 pub mod events;
+pub mod longpoll;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -41,14 +42,20 @@ use crate::resilience::Policies;
 use crate::startup::{ReadPool, WritePool};
 
 use cache::{CachedStatus, RecentWriters, StatusCache};
+use longpoll::LongPoll;
 
 /// The read side's per-process state (app data): the status-document cache,
-/// the read-your-writes window and the latency hints behind `Retry-After`.
+/// the read-your-writes window, the long-poll waiters and the latency hints
+/// behind `Retry-After`.
 pub struct QueryState {
     /// Cached status documents.
     pub status: StatusCache,
     /// Clients that wrote recently on this instance.
     pub writers: RecentWriters,
+    /// Long-polls reading from the read pool.
+    long_poll_read: Arc<LongPoll>,
+    /// Long-polls of writers within their read-your-writes window (primary).
+    long_poll_primary: Arc<LongPoll>,
     /// The resilience policies whose observed latency sets `Retry-After`.
     policies: Arc<Policies>,
     /// Median upstream latency per integration (ms), recomputed at most once
@@ -61,15 +68,21 @@ pub struct QueryState {
 pub const LATENCY_HINT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl QueryState {
-    /// The state for `settings`, caching in `redis` when given.
+    /// The state for `settings`, caching in `redis` when given; long-polls
+    /// read from `read` (or `primary` within a writer's read-your-writes
+    /// window) once [`QueryState::start_long_poll`] has started their tasks.
     pub fn new(
         settings: &crate::config::Settings,
         redis: Option<Arc<cache::RedisCache>>,
         policies: Arc<Policies>,
+        primary: PgPool,
+        read: PgPool,
     ) -> Self {
         QueryState {
             status: StatusCache::new(&settings.query, redis),
             writers: RecentWriters::new(&settings.query),
+            long_poll_read: Arc::new(LongPoll::new(read)),
+            long_poll_primary: Arc::new(LongPoll::new(primary)),
             policies,
             latency: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -120,6 +133,12 @@ impl QueryState {
             ids.dedup();
             self.status.invalidate(&ids).await;
         }
+    }
+
+    /// Starts the long-poll tasks (one per pool); they end with `cancel`.
+    pub fn start_long_poll(&self, cancel: &tokio_util::sync::CancellationToken) {
+        tokio::spawn(self.long_poll_read.clone().run(cancel.clone()));
+        tokio::spawn(self.long_poll_primary.clone().run(cancel.clone()));
     }
 
     /// The pool `principal` reads from: the primary within its
@@ -328,6 +347,19 @@ pub async fn load_status(
     Ok(row.map(StatusRow::into_doc))
 }
 
+/// Loads the status documents of the commands in `ids` that exist, in no
+/// particular order (long-poll re-reads, [`longpoll`]).
+///
+/// # Errors
+/// Database errors.
+pub async fn load_statuses(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<StatusDocument>> {
+    let rows: Vec<StatusRow> = sqlx::query_as(&format!("{STATUS_SELECT} WHERE c.id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.into_doc().1).collect())
+}
+
 /// Routes of the read side (every `GET` of the API's resources, and the
 /// batch query endpoint).
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -371,10 +403,6 @@ pub struct StatusParams {
 
 /// Longest long-poll, seconds.
 pub const MAX_WAIT_S: u64 = 60;
-
-/// How often a long-poll re-reads the document, ms: a change is seen within
-/// this (plus a read) — the "within 200 ms of completion" bound.
-const LONG_POLL_EVERY_MS: u64 = 50;
 
 /// Strong validator of a status document (RFC 9110 §8.8.3): a hash of its JSON.
 fn etag(doc: &StatusDocument) -> String {
@@ -458,12 +486,14 @@ async fn status_document(
         .get(actix_web::http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let pool = state.pool(principal, read, write);
-    let fresh = state.writers.is_fresh_command(id) && state.writers.contains(&principal.client_id);
-    let pool = if fresh { &write.0 } else { pool };
+    // Within its read-your-writes window a writer reads from the primary
+    // (see `QueryState::pool`), and its own fresh command uncached.
+    let on_primary = state.writers.contains(&principal.client_id);
+    let fresh = on_primary && state.writers.is_fresh_command(id);
+    let pool = if on_primary { &write.0 } else { &read.0 };
     let (mut doc, mut tag) = if wait > 0 || fresh || !state.status.enabled() {
         // Long-poll reads the database directly: a change must be seen
-        // within LONG_POLL_EVERY_MS, not within the cache's staleness bound.
+        // within a long-poll tick, not within the cache's staleness bound.
         // So does the writer of a command accepted here within the
         // read-your-writes window: its state changes fastest then.
         let doc = visible_command(pool, principal, id).await?;
@@ -490,11 +520,19 @@ async fn status_document(
     };
     if wait > 0 {
         let baseline = if_none_match.clone().unwrap_or_else(|| tag.clone());
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-        while tag == baseline && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(LONG_POLL_EVERY_MS)).await;
-            doc = visible_command(pool, principal, id).await?;
-            tag = etag(&doc);
+        if tag == baseline {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+            // The same pool as the first read: within the read-your-writes
+            // window a replica must not answer a change with an older state.
+            let waiters = if on_primary {
+                &state.long_poll_primary
+            } else {
+                &state.long_poll_read
+            };
+            if let Some((changed, changed_tag)) = waiters.changed(id, baseline, deadline).await {
+                doc = changed;
+                tag = changed_tag;
+            }
         }
     }
     let matches = if_none_match

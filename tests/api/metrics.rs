@@ -14,7 +14,7 @@ use crate::helpers::{settled, spawn_app, Echo, TestApp};
 
 /// The value of the first sample of `name` whose labels include every
 /// `(key, value)` of `labels`.
-fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     page.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let (label_set, value) = match rest.strip_prefix('{') {
@@ -30,7 +30,7 @@ fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// `GET /metrics`, without a token.
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     let resp = app
         .http
         .get(format!("{}/metrics", app.address))

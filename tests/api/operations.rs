@@ -226,3 +226,97 @@ async fn status_documents_have_etags_and_long_poll_returns_on_completion() {
         .expect("get");
     assert_eq!(quick.status(), 200, "a stale If-None-Match answers at once");
 }
+
+/// Many long-polls at once cost one database read per tick between them,
+/// not one each: 20 waiters on settled commands for 2 s make about 40 reads
+/// (2 s / 50 ms), where polling per waiter would make about 800. Then ten
+/// long-polls on commands still running all answer with the changed document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_long_polls_share_their_reads_and_all_wake() {
+    use crate::metrics::{sample, scrape};
+    use futures_util::future::join_all;
+
+    const READS: &str = "hookrelay_long_poll_reads_total";
+    const WAITERS: &str = "hookrelay_long_poll_waiters";
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200).delayed(Duration::from_millis(300)))
+        .mount(&app.upstream)
+        .await;
+    let token = app.trusted_client("acme").await;
+
+    let mut settled_ids = Vec::new();
+    for i in 0..20 {
+        let id = app
+            .post_command_id(&token, &app.command(&format!("s{i}"), json!({})), None)
+            .await;
+        settled_ids.push(id);
+    }
+    let mut etags = Vec::new();
+    for id in &settled_ids {
+        app.wait_status(&token, id, Duration::from_secs(20), settled)
+            .await;
+        let r = app.get(&token, &format!("/v1/commands/{id}")).await;
+        etags.push(r.headers()["etag"].to_str().expect("etag").to_owned());
+    }
+
+    let reads_before = sample(&scrape(&app).await, READS, &[]).unwrap_or(0.0);
+    let started = std::time::Instant::now();
+    let waits = settled_ids.iter().zip(&etags).map(|(id, etag)| {
+        let req = app
+            .http
+            .get(format!("{}/v1/commands/{id}?wait=2", app.address))
+            .bearer_auth(&token)
+            .header("if-none-match", etag);
+        async move { req.send().await.expect("long-poll").status() }
+    });
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        sample(&scrape(&app).await, WAITERS, &[]).unwrap_or(0.0)
+    };
+    let (statuses, waiting) = tokio::join!(join_all(waits), watch);
+    let elapsed = started.elapsed();
+    let reads = sample(&scrape(&app).await, READS, &[]).unwrap_or(0.0) - reads_before;
+    assert!(
+        statuses.iter().all(|s| *s == 304),
+        "unchanged documents answer 304 when the wait ends: {statuses:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+    assert!(waiting >= 20.0, "{WAITERS} was {waiting} mid-wait");
+    // One read per 50 ms tick, with room for other tests' long-polls in
+    // this process; per-waiter polling would be ~20 × 40 = 800.
+    let ticks = elapsed.as_secs_f64() / 0.05;
+    assert!(
+        reads <= 3.0 * ticks + 20.0,
+        "{reads} long-poll reads in {elapsed:?} for 20 waiters"
+    );
+
+    let mut running = Vec::new();
+    for i in 0..10 {
+        let id = app
+            .post_command_id(&token, &app.command(&format!("r{i}"), json!({})), None)
+            .await;
+        let r = app.get(&token, &format!("/v1/commands/{id}")).await;
+        let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+        running.push((id, etag));
+    }
+    let waits = running.iter().map(|(id, etag)| {
+        let req = app
+            .http
+            .get(format!("{}/v1/commands/{id}?wait=20", app.address))
+            .bearer_auth(&token)
+            .header("if-none-match", etag);
+        async move {
+            let r = req.send().await.expect("long-poll");
+            let status = r.status();
+            let tag = r.headers()["etag"].to_str().expect("etag").to_owned();
+            (status, tag, etag.clone())
+        }
+    });
+    let started = std::time::Instant::now();
+    for (status, tag, sent) in join_all(waits).await {
+        assert_eq!(status, 200);
+        assert_ne!(tag, sent, "a long-poll answers with the changed document");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
