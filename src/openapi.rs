@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi};
         crate::metrics::metrics_page,
         openapi_json,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &LimitResponses),
     tags(
         (name = "commands", description = "Send commands and read their status"),
         (name = "events", description = "Push stream of command and callback status changes (Server-Sent Events)"),
@@ -54,6 +54,112 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The answers of the abuse limits (`src/limits.rs`), which any route may
+/// give besides its own, added to every operation so the document describes
+/// what a client can actually receive:
+///
+/// - `429` rate limited (`[limits]`), with `Retry-After` in seconds, on every
+///   route but the probes and `/metrics`;
+/// - `431` request headers over `server.max_header_bytes`, on every route;
+/// - `413` body over `server.body_limit_bytes`, on every route with a body.
+///
+/// A route that documents one of these statuses itself keeps its own answer
+/// (a 429 of its own gets the rate limit added to its description).
+struct LimitResponses;
+
+impl LimitResponses {
+    fn problem(description: &str, retry_after: bool) -> utoipa::openapi::Response {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let mut response = ResponseBuilder::new().description(description).content(
+            crate::error::PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        );
+        if retry_after {
+            response = response.header(
+                "Retry-After",
+                utoipa::openapi::header::HeaderBuilder::new()
+                    .schema(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::Integer),
+                    )
+                    .description(Some("Seconds until a request is allowed again"))
+                    .build(),
+            );
+        }
+        response.build()
+    }
+}
+
+impl Modify for LimitResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{Ref, RefOr};
+        let answers = [
+            (
+                "429",
+                "RateLimited",
+                "Over a rate limit (`[limits]`); retry after `Retry-After` seconds",
+                true,
+            ),
+            (
+                "431",
+                "HeadersTooLarge",
+                "Request headers over `server.max_header_bytes`",
+                false,
+            ),
+            (
+                "413",
+                "PayloadTooLarge",
+                "Request body over `server.body_limit_bytes`",
+                false,
+            ),
+        ];
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (_, name, description, retry_after) in answers {
+            components.responses.insert(
+                name.to_owned(),
+                RefOr::T(Self::problem(description, retry_after)),
+            );
+        }
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                for (status, name, description, _) in answers {
+                    let applies = match status {
+                        "429" => !crate::limits::is_exempt(path),
+                        "413" => op.request_body.is_some(),
+                        _ => true,
+                    };
+                    if !applies {
+                        continue;
+                    }
+                    match op.responses.responses.get_mut(status) {
+                        // The upstream query's own 429 (throttled) is a
+                        // different cause with the same answer: name both.
+                        Some(RefOr::T(own)) if status == "429" => {
+                            own.description = format!("{}; or: {description}", own.description);
+                        }
+                        Some(_) => {}
+                        None => {
+                            op.responses.responses.insert(
+                                status.to_owned(),
+                                RefOr::Ref(Ref::from_response_name(name)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

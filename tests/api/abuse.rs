@@ -457,3 +457,49 @@ async fn stored_response_bodies_are_capped() {
         body.len()
     );
 }
+
+/// The limits' answers are in the API description: 429 with `Retry-After` on
+/// every route but the probes and `/metrics`, 431 on every route, 413 on every
+/// route that takes a body, each a problem document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_description_documents_the_limits_answers() {
+    let app = spawn_app_with(|_| {}).await;
+    let doc: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let rate_limited = &doc["components"]["responses"]["RateLimited"];
+    assert!(
+        rate_limited["headers"]["Retry-After"].is_object(),
+        "{rate_limited}"
+    );
+    for name in ["RateLimited", "HeadersTooLarge", "PayloadTooLarge"] {
+        assert_eq!(
+            doc["components"]["responses"][name]["content"]["application/problem+json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/Problem",
+            "{name}"
+        );
+    }
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (verb, op) in item.as_object().expect("path item") {
+            let answers = &op["responses"];
+            let exempt = matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics");
+            assert_eq!(answers["429"].is_object(), !exempt, "429 on {verb} {path}");
+            assert!(answers["431"].is_object(), "431 on {verb} {path}");
+            assert_eq!(
+                answers["413"].is_object(),
+                op["requestBody"].is_object(),
+                "413 on {verb} {path}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 17, "{checked} operations");
+}
