@@ -464,15 +464,7 @@ async fn stored_response_bodies_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_description_documents_the_limits_answers() {
     let app = spawn_app_with(|_| {}).await;
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    let doc = app.openapi().await;
     let rate_limited = &doc["components"]["responses"]["RateLimited"];
     assert!(
         rate_limited["headers"]["Retry-After"].is_object(),

@@ -127,15 +127,7 @@ async fn every_route_answers_every_caller_as_the_table_says() {
     let rules: BTreeSet<(&str, &str)> = RULES.iter().map(|r| (r.method, r.path)).collect();
     assert_eq!(expected, rules, "src/authz.rs RULES vs this test's table");
     // The table covers every operation the API documents.
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    let doc = app.openapi().await;
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for m in item.as_object().expect("path item").keys() {

@@ -460,6 +460,18 @@ impl TestApp {
             .expect("GET")
     }
 
+    /// `GET /openapi.json` (no token needed), parsed.
+    pub async fn openapi(&self) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}/openapi.json", self.address))
+            .send()
+            .await
+            .expect("GET /openapi.json");
+        assert_eq!(resp.status(), 200);
+        resp.json().await.expect("openapi json")
+    }
+
     /// GET `path` and parse the body as JSON (any status).
     pub async fn get_json(&self, token: &str, path: &str) -> Value {
         self.get(token, path).await.json().await.expect("json")

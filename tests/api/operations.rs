@@ -20,15 +20,7 @@ async fn probes_openapi_and_unknown_routes() {
             .expect("get");
         assert_eq!(resp.status(), 200, "{probe}");
     }
-    let doc: Value = app
-        .http
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let doc = app.openapi().await;
     assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
     for (path, verb) in [
         ("/v1/commands", "post"),
