@@ -520,6 +520,10 @@ pub struct ThrottleSettings {
     /// Slow down from the vendor's own rate-limit headers (`X-RateLimit-*`,
     /// IETF `RateLimit`, `Retry-After` on 429/503).
     pub adaptive: bool,
+    /// Longest pause taken from those headers, seconds (at least 1): a
+    /// vendor's reset time in milliseconds, or a `Retry-After` of a week,
+    /// must not park the integration's commands for years.
+    pub max_pause_s: u64,
 }
 
 impl Default for ThrottleSettings {
@@ -529,6 +533,7 @@ impl Default for ThrottleSettings {
             burst: 1,
             max_in_flight: 0,
             adaptive: true,
+            max_pause_s: 3600,
         }
     }
 }
@@ -1172,6 +1177,12 @@ impl IntegrationSettings {
         if self.throttle.burst == 0 {
             return Err(invalid(
                 format!("{key}.throttle.burst"),
+                "must be at least 1",
+            ));
+        }
+        if self.throttle.max_pause_s == 0 {
+            return Err(invalid(
+                format!("{key}.throttle.max_pause_s"),
                 "must be at least 1",
             ));
         }

@@ -24,7 +24,10 @@
 //! 10⁹), and the IETF draft `RateLimit` header (`remaining=`/`r=` and
 //! `reset=`/`t=`). With nothing remaining, calls pause until the reset; with
 //! fewer than [`LOW_WATER`] remaining, calls are paced to spread what is left
-//! evenly over the time to the reset, so the vendor's limit is not hit.
+//! evenly over the time to the reset, so the vendor's limit is not hit. A pause
+//! is capped at `throttle.max_pause_s` (default 1 h): a reset time sent in
+//! milliseconds reads as a Unix time millennia away, and a deferred job's
+//! `run_at` is durable, so an uncapped pause would outlive a restart.
 //!
 //! State is per process (a deployment with N worker processes lets each run at
 //! the configured rate; divide accordingly). Sharing it through Redis is future
@@ -90,11 +93,25 @@ pub enum Admission {
     },
 }
 
-/// Proof of admission: the in-flight slot and whether this is a half-open probe.
+/// Proof of admission: the in-flight slot and, for a half-open probe, the
+/// breaker whose probe it holds. Pass it to [`Policy::record`] when the call
+/// ends; a ticket dropped unrecorded (its task was cancelled: a lost lease,
+/// a client gone) gives its probe back, so half-open can never run out of
+/// probes for calls that will never report.
 #[derive(Debug)]
 pub struct Ticket {
     _slot: Option<OwnedSemaphorePermit>,
-    probe: bool,
+    probe: Option<Arc<Mutex<Breaker>>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.probe.take() {
+            if let Ok(mut b) = breaker.lock() {
+                b.record(Instant::now(), true, None, &mut Vec::new());
+            }
+        }
+    }
 }
 
 /// What the vendor's headers said about its rate limit.
@@ -330,7 +347,7 @@ pub struct Policy {
     limiter: Option<RateLimiter<NotKeyed, InMemoryState, DefaultClock>>,
     in_flight: Option<Arc<Semaphore>>,
     paused_until: Mutex<Option<Instant>>,
-    breaker: Mutex<Breaker>,
+    breaker: Arc<Mutex<Breaker>>,
     /// Durations of the most recent calls (at most [`LATENCY_SAMPLES`]).
     latencies: Mutex<VecDeque<Duration>>,
 }
@@ -354,7 +371,7 @@ impl Policy {
             limiter,
             in_flight,
             paused_until: Mutex::new(None),
-            breaker: Mutex::new(Breaker::new(settings.breaker.clone())),
+            breaker: Arc::new(Mutex::new(Breaker::new(settings.breaker.clone()))),
             latencies: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
         }
     }
@@ -435,7 +452,10 @@ impl Policy {
                 }
             }
         };
-        Admission::Go(Ticket { _slot: slot, probe })
+        Admission::Go(Ticket {
+            _slot: slot,
+            probe: probe.then(|| self.breaker.clone()),
+        })
     }
 
     fn release_probe(&self) {
@@ -455,7 +475,7 @@ impl Policy {
     /// [`Policy::record`] with the call's duration, kept for p50/p99.
     pub fn record_call(
         &self,
-        ticket: Ticket,
+        mut ticket: Ticket,
         failed: Option<bool>,
         vendor: Option<VendorLimit>,
         duration: Option<Duration>,
@@ -467,14 +487,18 @@ impl Policy {
             l.push_back(d);
         }
         let mut changes = Vec::new();
+        // Recorded here, so the ticket's drop must not give the probe back again.
+        let probe = ticket.probe.take().is_some();
         if let Ok(mut b) = self.breaker.lock() {
-            b.record(Instant::now(), ticket.probe, failed, &mut changes);
+            b.record(Instant::now(), probe, failed, &mut changes);
         }
         self.log(changes);
         if self.throttle.adaptive {
             if let Some(wait) = vendor.and_then(|v| v.pause()) {
-                if let Ok(mut p) = self.paused_until.lock() {
-                    let until = Instant::now() + wait;
+                let wait = wait.min(Duration::from_secs(self.throttle.max_pause_s));
+                if let (Ok(mut p), Some(until)) =
+                    (self.paused_until.lock(), Instant::now().checked_add(wait))
+                {
                     if p.is_none_or(|cur| cur < until) {
                         *p = Some(until);
                     }
@@ -672,6 +696,28 @@ mod tests {
         assert_eq!(b.admit(later, &mut ch), Ok(true));
         b.record(later, true, Some(true), &mut ch);
         assert_eq!(b.state, BreakerState::Open);
+    }
+
+    #[test]
+    fn a_probe_ticket_dropped_unrecorded_gives_its_probe_back() {
+        let b = Arc::new(Mutex::new(breaker(1, 0.01, 1)));
+        let mut ch = Vec::new();
+        let t0 = Instant::now();
+        b.lock()
+            .expect("lock")
+            .record(t0, false, Some(true), &mut ch);
+        let later = t0 + Duration::from_millis(20);
+        assert_eq!(b.lock().expect("lock").admit(later, &mut ch), Ok(true));
+        // The call's task is cancelled: its ticket is dropped, never recorded.
+        drop(Ticket {
+            _slot: None,
+            probe: Some(b.clone()),
+        });
+        assert_eq!(
+            b.lock().expect("lock").admit(later, &mut ch),
+            Ok(true),
+            "the only probe must be free again"
+        );
     }
 
     #[test]

@@ -314,3 +314,60 @@ async fn fallback_answers_while_the_primary_breaker_is_open_and_says_so() {
     app.upstream.verify().await;
     backup.verify().await;
 }
+
+/// A vendor's rate-limit headers pause its calls for at most
+/// `throttle.max_pause_s`: a `Retry-After` of u64::MAX seconds on a 429 (which
+/// used to overflow and panic the job after the call) and a reset time sent
+/// in milliseconds (read as a Unix time ~54,000 years away, which used to
+/// defer every later command that far, durably) each pause for 1 s here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_pauses_are_capped_by_max_pause_s() {
+    let app = spawn_app_with(|s| {
+        let httpbin = s.integrations.get_mut("httpbin").expect("httpbin");
+        httpbin.throttle.max_pause_s = 1;
+        s.delivery.max_retry_after_s = 1;
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(429).insert_header("retry-after", "18446744073709551615"),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&app.upstream)
+        .await;
+    let reset_ms = (chrono::Utc::now().timestamp_millis() + 60_000).to_string();
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"ok": true}))
+                .insert_header("x-ratelimit-remaining", "0")
+                .insert_header("x-ratelimit-reset", reset_ms.as_str()),
+        )
+        .with_priority(2)
+        .mount(&app.upstream)
+        .await;
+    let token = app.trusted_client("acme").await;
+    let first = app
+        .post_command_id(&token, &app.command("a", json!({})), None)
+        .await;
+    let doc = app
+        .wait_status(&token, &first, Duration::from_secs(10), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    // Nothing remains until the (millisecond) reset: the next call waits,
+    // but only max_pause_s.
+    let second = app
+        .post_command_id(&token, &app.command("b", json!({})), None)
+        .await;
+    let doc = app
+        .wait_status(&token, &second, Duration::from_secs(10), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    let far: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE run_at > now() + interval '1 hour'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("jobs");
+    assert_eq!(far, 0, "no job deferred beyond the cap");
+}
