@@ -70,6 +70,26 @@ enum FetchError {
 
 type Fetch = Shared<BoxFuture<'static, Result<Arc<Entry>, FetchError>>>;
 
+/// The fetches in flight by cache key, each with a number telling it apart
+/// from a later fetch of the same key.
+type Inflight = Arc<Mutex<HashMap<String, (u64, Fetch)>>>;
+
+/// Removes fetch `n` from `registry` when dropped, i.e. when its task ends.
+struct Retire {
+    registry: Inflight,
+    key: String,
+    n: u64,
+}
+
+impl Drop for Retire {
+    fn drop(&mut self) {
+        let mut inflight = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.get(&self.key).is_some_and(|(m, _)| *m == self.n) {
+            inflight.remove(&self.key);
+        }
+    }
+}
+
 /// The query cache and the in-flight fetches, shared by all HTTP workers.
 ///
 /// Entries live in memory (moka) or, with `cache.redis_url`, in Redis, so
@@ -77,7 +97,8 @@ type Fetch = Shared<BoxFuture<'static, Result<Arc<Entry>, FetchError>>>;
 /// process.
 pub struct QueryCache {
     entries: moka::future::Cache<String, Arc<Entry>>,
-    inflight: Mutex<HashMap<String, Fetch>>,
+    inflight: Inflight,
+    next_fetch: std::sync::atomic::AtomicU64,
     redis: Option<Arc<RedisCache>>,
 }
 
@@ -143,7 +164,8 @@ impl QueryCache {
                 // Entries outlive freshness for stale-if-error; a day bounds it.
                 .time_to_live(Duration::from_secs(86_400))
                 .build(),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            next_fetch: std::sync::atomic::AtomicU64::new(0),
             redis,
         }
     }
@@ -188,6 +210,7 @@ fn freshness(
     let mut s_maxage = None;
     let mut private = false;
     let mut stale_if_error = None;
+    let mut no_store = false;
     for directive in cache_control.unwrap_or("").split(',') {
         let directive = directive.trim().to_ascii_lowercase();
         let (name, value) = match directive.split_once('=') {
@@ -206,13 +229,18 @@ fn freshness(
                 .map(|v| Duration::from_secs(v.min(1 << 31)))
         };
         match name.as_str() {
-            "no-store" | "no-cache" => return (None, false, None),
+            // Not `return`: a later `private` must still be seen, so the
+            // response is never handed to another client's coalesced request.
+            "no-store" | "no-cache" => no_store = true,
             "private" => private = true,
             "max-age" => max_age = secs(),
             "s-maxage" => s_maxage = secs(),
             "stale-if-error" => stale_if_error = secs(),
             _ => {}
         }
+    }
+    if no_store {
+        return (None, private, stale_if_error);
     }
     let allowed = if private {
         max_age
@@ -234,11 +262,14 @@ fn freshness(
     (Some(ttl), private, stale_if_error)
 }
 
-/// The query string with its pairs sorted, so `a=1&b=2` and `b=2&a=1` share a key.
+/// The query string with its pairs sorted, so `a=1&b=2` and `b=2&a=1` share a
+/// key; a raw `|` (which HTTP lets through in a query) is percent-encoded, as
+/// `|` separates the client in a private entry's key: `?a=1|acme` must not
+/// name client acme's entry for `?a=1`.
 fn canonical_query(qs: &str) -> String {
     let mut pairs: Vec<&str> = qs.split('&').filter(|p| !p.is_empty()).collect();
     pairs.sort_unstable();
-    pairs.join("&")
+    pairs.join("&").replace('|', "%7C")
 }
 
 /// Routes of the upstream query endpoints.
@@ -423,6 +454,9 @@ async fn run_query(
             fetch(&integration, policy, &query_name, &path, &qs, cap, stale).await
         }
     };
+    // The fetch runs in a task of its own, so it finishes (and gives back its
+    // in-flight slot or breaker probe, and leaves `inflight`) even when every
+    // request waiting on it has gone away.
     let shared_fetch = {
         let mut inflight = cache
             .inflight
@@ -432,21 +466,31 @@ async fn run_query(
             .entry(key.clone())
             .or_insert_with(|| {
                 initiated = true;
-                make_fetch().boxed().shared()
+                let n = cache
+                    .next_fetch
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let fetch = make_fetch();
+                let retire = Retire {
+                    registry: cache.inflight.clone(),
+                    key: key.clone(),
+                    n,
+                };
+                let task = tokio::spawn(async move {
+                    // Retired however the task ends (a panic included).
+                    let _retire = retire;
+                    fetch.await
+                });
+                let joined = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Err(FetchError::Upstream(format!("the query task failed: {e}")))
+                    })
+                };
+                (n, joined.boxed().shared())
             })
+            .1
             .clone()
     };
-    let mut result = shared_fetch.clone().await;
-    // Whoever sees the fetch finish removes it (not only its initiator: a
-    // client that disconnected mid-fetch drops its future, and the entry
-    // must not keep handing out that frozen result).
-    let mut removed = false;
-    if let Ok(mut inflight) = cache.inflight.lock() {
-        if inflight.get(&key).is_some_and(|f| f.ptr_eq(&shared_fetch)) {
-            inflight.remove(&key);
-            removed = true;
-        }
-    }
+    let mut result = shared_fetch.await;
     if !initiated && result.as_ref().is_ok_and(|e| e.private) {
         // Another client's call turned out private: never hand it over;
         // fetch for this client on its own.
@@ -455,9 +499,10 @@ async fn run_query(
 
     match result {
         Ok(entry) => {
-            // Only the caller that retired the in-flight fetch stores it
-            // (coalesced waiters would store the same entry again).
-            if removed || entry.private {
+            // Only the caller that started the fetch stores it (coalesced
+            // waiters would store the same entry again); a private entry
+            // here is this caller's own (fetched again above if need be).
+            if initiated || entry.private {
                 if entry.private {
                     // Never share: store under this client's key only, with a
                     // marker under the shared key so later lookups go there.
@@ -840,11 +885,11 @@ async fn fetch(
                     s => FetchError::Upstream(format!("HTTP {s}")),
                 });
             }
-            let (ttl, private, stale_directive) = if resp.status == 200 {
-                freshness(resp.cache_control.as_deref(), resp.expires.as_deref(), cap)
-            } else {
-                (None, false, None)
-            };
+            // `private` counts whatever the status: a coalesced request of
+            // another client must not receive a private 404 either.
+            let (ttl, private, stale_directive) =
+                freshness(resp.cache_control.as_deref(), resp.expires.as_deref(), cap);
+            let ttl = ttl.filter(|_| resp.status == 200);
             Ok(Arc::new(Entry {
                 status: resp.status,
                 content_type: resp.content_type,

@@ -145,6 +145,90 @@ async fn private_responses_are_never_served_to_another_client() {
     app.upstream.verify().await;
 }
 
+/// A response that is `private` as well as `no-store` (or not a 200) is
+/// still private: a concurrent request of another client that joined the
+/// fetch gets its own upstream call, never the first client's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_no_store_responses_are_not_handed_to_a_coalesced_client() {
+    let app = spawn_app_with(|_| {}).await;
+    for (qs, status, cache_control) in
+        [("?v=1", 200, "no-store, private"), ("?v=2", 404, "private")]
+    {
+        Mock::given(method("GET"))
+            .and(query_param("v", &qs[3..]))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .set_body_json(json!({"for": "whoever asked first"}))
+                    .insert_header("cache-control", cache_control)
+                    .set_delay(Duration::from_millis(400)),
+            )
+            .expect(2)
+            .mount(&app.upstream)
+            .await;
+    }
+    let a = app.token("client-a", &["client"]);
+    let b = app.token("client-b", &["client"]);
+    for qs in ["?v=1", "?v=2"] {
+        let first = get_json(&app, &a, qs).send();
+        let second = async {
+            // Joins the fetch client-a started.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            get_json(&app, &b, qs).send().await
+        };
+        let (ra, rb) = tokio::join!(first, second);
+        assert_eq!(ra.expect("a").status(), rb.expect("b").status(), "{qs}");
+    }
+    app.upstream.verify().await;
+}
+
+/// A `|` in the query string cannot name another client's private entry
+/// (`|` separates the client in that entry's key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_string_cannot_address_another_clients_private_entry() {
+    let app = spawn_app_with(|_| {}).await;
+    Mock::given(method("GET"))
+        .and(query_param("a", "1"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"owner": "acme"}))
+                .insert_header("cache-control", "private, max-age=60"),
+        )
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(query_param("a", "1|acme"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"owner": "mallory"}))
+                .insert_header("cache-control", "public, max-age=60"),
+        )
+        .mount(&app.upstream)
+        .await;
+    let acme = app.token("acme", &["client"]);
+    let mallory = app.token("mallory", &["client"]);
+    let first: serde_json::Value = get_json(&app, &acme, "?a=1")
+        .send()
+        .await
+        .expect("acme")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["owner"], "acme");
+    let planted = get_json(&app, &mallory, "?a=1|acme")
+        .send()
+        .await
+        .expect("mallory");
+    assert_eq!(planted.status(), 200);
+    let again: serde_json::Value = get_json(&app, &acme, "?a=1")
+        .send()
+        .await
+        .expect("acme")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["owner"], "acme", "acme's entry was overwritten");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_breaker_serves_stale_or_503_and_throttling_answers_429() {
     let app = spawn_app_with(|s| {
