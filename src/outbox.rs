@@ -197,7 +197,11 @@ pub struct Finish {
 /// # Errors
 /// Database errors (nothing is written then).
 pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec<bool>> {
-    let written: Vec<i64> = sqlx::query_scalar(
+    // Inputs are matched by (job, lease token), never by job alone: one
+    // process can hold a job twice (its lease lapsed and it claimed the job
+    // again), and the stale outcome must not be applied with the fresh one's
+    // job row.
+    let written: Vec<(i64, Uuid)> = sqlx::query_as(
         r#"
         WITH input AS (
             SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $6::text[],
@@ -206,12 +210,12 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
         ), j AS (
             DELETE FROM jobs USING input i
              WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token
-         RETURNING jobs.id AS job_id, jobs.command_id
+         RETURNING jobs.id AS job_id, jobs.command_id, i.lease_token
         ), c AS (
             UPDATE commands SET status = i.status, result = i.result, seal = NULL, updated_at = now()
-              FROM j JOIN input i ON i.job_id = j.job_id
+              FROM j JOIN input i ON i.job_id = j.job_id AND i.lease_token = j.lease_token
              WHERE commands.id = j.command_id
-         RETURNING j.job_id, commands.id AS command_id, commands.client_id,
+         RETURNING j.job_id, j.lease_token, commands.id AS command_id, commands.client_id,
                    i.delivery_id, i.payload, i.url, i.seal
         ), d AS (
             INSERT INTO deliveries (id, command_id, client_id, url, payload, seal)
@@ -221,7 +225,7 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
             INSERT INTO jobs (kind, command_id, delivery_id)
             SELECT 'deliver', command_id, id FROM d
         )
-        SELECT job_id FROM c
+        SELECT job_id, lease_token FROM c
         "#,
     )
     .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
@@ -234,7 +238,10 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
     .bind(rows.iter().map(|r| r.seal.as_deref()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(|r| written.contains(&r.job_id)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| written.contains(&(r.job_id, r.lease_token)))
+        .collect())
 }
 
 /// [`finish_batch`] for one job, leaving the delivery unsealed (tools and
@@ -373,7 +380,8 @@ pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Re
         reason.push(why);
         delay.push(d);
     }
-    let written: Vec<i64> = sqlx::query_scalar(
+    // Matched by (job, lease token), as in `finish_batch`.
+    let written: Vec<(i64, Uuid)> = sqlx::query_as(
         r#"
         WITH input AS (
             SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::float8[],
@@ -384,17 +392,17 @@ pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Re
         ), finished AS (
             DELETE FROM jobs USING input i
              WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token AND i.delay_s IS NULL
-         RETURNING jobs.id AS job_id, jobs.delivery_id
+         RETURNING jobs.id AS job_id, jobs.delivery_id, i.lease_token
         ), retried AS (
             UPDATE jobs SET run_at = now() + make_interval(secs => i.delay_s),
                             locked_until = NULL, lease_token = NULL, last_error = i.error
               FROM input i
              WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token AND i.delay_s IS NOT NULL
-         RETURNING jobs.id AS job_id, jobs.delivery_id
+         RETURNING jobs.id AS job_id, jobs.delivery_id, i.lease_token
         ), moved AS (
-            SELECT job_id, delivery_id FROM finished
+            SELECT job_id, delivery_id, lease_token FROM finished
             UNION ALL
-            SELECT job_id, delivery_id FROM retried
+            SELECT job_id, delivery_id, lease_token FROM retried
         ), d AS (
             UPDATE deliveries
                SET attempts = deliveries.attempts + 1,
@@ -404,9 +412,9 @@ pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Re
                    updated_at = now(),
                    delivered_at = CASE WHEN i.status = 'delivered' THEN now() ELSE deliveries.delivered_at END,
                    dead_lettered_at = CASE WHEN i.status = 'dead_lettered' THEN now() ELSE NULL END
-              FROM moved m JOIN input i ON i.job_id = m.job_id
+              FROM moved m JOIN input i ON i.job_id = m.job_id AND i.lease_token = m.lease_token
              WHERE deliveries.id = m.delivery_id
-         RETURNING m.job_id, deliveries.id AS delivery_id, deliveries.attempts, i.trigger,
+         RETURNING m.job_id, m.lease_token, deliveries.id AS delivery_id, deliveries.attempts, i.trigger,
                    i.started_at, i.duration_ms, i.response_status, i.response_body, i.error
         ), a AS (
             INSERT INTO delivery_attempts
@@ -414,7 +422,7 @@ pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Re
             SELECT delivery_id, attempts, trigger, started_at, duration_ms, response_status, response_body, error
               FROM d
         )
-        SELECT job_id FROM d
+        SELECT job_id, lease_token FROM d
         "#,
     )
     .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
@@ -430,7 +438,10 @@ pub async fn attempt_batch(pool: &PgPool, rows: Vec<&AttemptRecord>) -> sqlx::Re
     .bind(rows.iter().map(|r| r.outcome.error.as_deref()).collect::<Vec<_>>())
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(|r| written.contains(&r.job_id)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| written.contains(&(r.job_id, r.lease_token)))
+        .collect())
 }
 
 /// A job outcome for the group writer ([`Outcomes`]).

@@ -132,3 +132,55 @@ async fn a_call_longer_than_the_lease_keeps_its_lease_and_runs_once() {
     other_task.await.expect("join").expect("clean stop");
     app.upstream.verify().await;
 }
+
+/// One process can hold a job twice (its lease lapsed and it claimed the job
+/// again). When both outcomes land in one batched write, only the current
+/// lease's is applied and reported written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_and_a_current_outcome_in_one_batch_apply_only_the_current() {
+    let upstream = MockServer::start().await;
+    let settings = test_settings(&upstream.uri());
+    let app = spawn_with_settings(settings, upstream, ServeRole::Api).await;
+    let token = app.trusted_client("acme").await;
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
+        .await;
+    let stale = outbox::claim(&app.pool, 10, Duration::from_millis(200))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("job");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let current = outbox::claim(&app.pool, 10, Duration::from_secs(10))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("the same job again");
+    assert_eq!(stale.id, current.id);
+    let finish = |job: &outbox::ClaimedJob, status: CommandStatus, code: u16| outbox::Finish {
+        job_id: job.id,
+        lease_token: job.lease_token,
+        status,
+        result: UpstreamResult {
+            status_code: Some(code),
+            body: json!({"code": code}),
+            truncated: false,
+            error: None,
+            fallback: false,
+        },
+        delivery_id: uuid::Uuid::now_v7(),
+        payload: "{}".into(),
+        url: app.receiver.url(),
+        seal: None,
+    };
+    let old = finish(&stale, CommandStatus::Failed, 500);
+    let new = finish(&current, CommandStatus::Succeeded, 200);
+    let written = outbox::finish_batch(&app.pool, vec![&old, &new])
+        .await
+        .expect("finish");
+    assert_eq!(written, [false, true]);
+    let doc = app.status(&token, &id).await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["result"]["status_code"], 200, "{doc}");
+    assert_eq!(app.count("deliveries").await, 1);
+}
