@@ -511,17 +511,42 @@ fn classify(status: u16, result: UpstreamResult, retry_after: Option<Duration>) 
     }
 }
 
-/// The body as JSON when it parses, else as a string; empty → null.
+/// Deepest JSON body kept as JSON; a deeper one is kept as text. The stored
+/// result nests the body one level down, and every read decodes it again with
+/// serde_json's limit of 128 levels: a body at that limit would store fine
+/// and then fail every status and list read of its command.
+pub const MAX_BODY_DEPTH: usize = 64;
+
+/// The body as JSON when it parses (and nests at most [`MAX_BODY_DEPTH`]
+/// levels), else as a string; empty → null.
 fn body_value(bytes: &[u8], truncated: bool) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
     if !truncated {
         if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-            return crate::http_util::strip_nul_json(v);
+            if json_depth(&v) <= MAX_BODY_DEPTH {
+                return crate::http_util::strip_nul_json(v);
+            }
         }
     }
     Value::String(lossy_text(bytes))
+}
+
+/// Nesting depth of a JSON value: a scalar is 0, `[]` and `[1]` are 1.
+fn json_depth(v: &Value) -> usize {
+    // Iterative: the value may be as deep as serde_json allows (128).
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential

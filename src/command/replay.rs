@@ -131,6 +131,15 @@ pub async fn replay_bulk(
     ] {
         crate::domain::reject_nul_param(field, value.as_deref())?;
     }
+    for (field, value) in [("since", request.since), ("until", request.until)] {
+        // chrono reads signed years; Postgres holds none before 4713 BC.
+        if value.is_some_and(|t| !(1..=9999).contains(&chrono::Datelike::year(&t))) {
+            return Err(ApiError::validation(
+                field,
+                "must be a time in the years 1 to 9999",
+            ));
+        }
+    }
     if let (Some(since), Some(until)) = (request.since, request.until) {
         if since >= until {
             return Err(ApiError::validation("until", "must be after `since`"));

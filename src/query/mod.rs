@@ -844,10 +844,13 @@ fn parse_time(
 fn parse_dead_letter_cursor(raw: &str) -> Result<(chrono::DateTime<chrono::Utc>, Uuid), ApiError> {
     let bad = || ApiError::validation("cursor", "is not a cursor from this API");
     let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    // Years 1–9999: every cursor this API hands out is in range, and a time
+    // outside what Postgres can hold must be a 422, not a database error.
     let at = micros
         .parse::<i64>()
         .ok()
         .and_then(chrono::DateTime::from_timestamp_micros)
+        .filter(|at| (1..=9999).contains(&chrono::Datelike::year(at)))
         .ok_or_else(bad)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
@@ -875,6 +878,8 @@ pub async fn list_dead_letters(
     let result = async {
         let pool = &read.0;
         let limit = page_limit(params.limit.as_deref())?;
+        crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::domain::reject_nul_param("client_id", params.client_id.as_deref())?;
         let since = parse_time("since", params.since.as_deref())?;
         let until = parse_time("until", params.until.as_deref())?;
         let cursor = params

@@ -184,3 +184,67 @@ async fn private_callbacks_are_refused_unless_allowed() {
     }
     assert_nothing_written(&app).await;
 }
+
+/// Dead-letter filters and times Postgres cannot take answer 422 naming the
+/// field, not a database error (500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_filters_postgres_cannot_hold_are_422() {
+    let app = spawn_app().await;
+    let admin = app.token("ops", &["admin"]);
+    for (query, field) in [
+        ("?client_id=a%00b", "client_id"),
+        ("?integration=%00", "integration"),
+        (
+            "?cursor=-300000000000000000_00000000-0000-0000-0000-000000000000",
+            "cursor",
+        ),
+    ] {
+        let resp = app.get(&admin, &format!("/v1/dead-letters{query}")).await;
+        expect_problem(resp, 422, Some(field)).await;
+    }
+    for (body, field) in [
+        (json!({"since": "-5000-01-01T00:00:00Z"}), "since"),
+        (json!({"until": "+20000-01-01T00:00:00Z"}), "until"),
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}/v1/dead-letters/replay", app.address))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .expect("replay");
+        expect_problem(resp, 422, Some(field)).await;
+    }
+}
+
+/// An upstream answer nested as deep as serde_json will parse (127 levels)
+/// is kept as text: stored as JSON one level down, it could never be read
+/// back, and the command's status and every list page holding it would
+/// answer 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_upstream_answer_is_kept_as_text() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, ResponseTemplate};
+
+    let app = spawn_app().await;
+    let deep = format!("{}{}", "[".repeat(127), "]".repeat(127));
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(deep.clone(), "application/json"))
+        .mount(&app.upstream)
+        .await;
+    let token = app.trusted_client("acme").await;
+    let id = app
+        .post_command_id(&token, &app.command("deep", json!({})), None)
+        .await;
+    let doc = app
+        .wait_status(&token, &id, std::time::Duration::from_secs(10), |d| {
+            d["status"] == "succeeded"
+        })
+        .await;
+    assert_eq!(doc["result"]["body"], deep.as_str(), "{doc}");
+    let list = app.get(&token, "/v1/commands").await;
+    assert_eq!(list.status(), 200);
+    let reader = app.token("audit", &["reader"]);
+    assert_eq!(app.get(&reader, "/v1/commands").await.status(), 200);
+}
