@@ -209,13 +209,15 @@ fn open_stream(
                 () = bytes_tx.closed() => None,
                 () = cancel.cancelled() => None,
             };
-            match next {
-                Some(bytes) => {
-                    if bytes_tx.send(bytes).await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
+            let Some(bytes) = next else { break };
+            // A client that reads slowly leaves this send waiting; shutdown
+            // must still end the stream at once.
+            let sent = tokio::select! {
+                sent = bytes_tx.send(bytes) => sent.is_ok(),
+                () = cancel.cancelled() => false,
+            };
+            if !sent {
+                break;
             }
         }
         follow.abort();

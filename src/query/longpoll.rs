@@ -106,21 +106,25 @@ impl LongPoll {
 
     /// Re-reads the waited-on documents every [`TICK`] until `cancel`.
     /// Database errors are logged and retried at the next tick; waiters
-    /// then keep waiting (at worst until their deadline).
+    /// then keep waiting (at worst until their deadline). At `cancel` every
+    /// waiter is answered at once (with the document it has), so open
+    /// long-polls do not hold a graceful shutdown for up to a minute.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             if self.waiters().is_empty() {
                 tokio::select! {
                     () = self.arrived.notified() => {}
-                    () = cancel.cancelled() => return,
+                    () = cancel.cancelled() => break,
                 }
             }
             tokio::select! {
                 () = tokio::time::sleep(TICK) => {}
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => break,
             }
             self.tick().await;
         }
+        // Dropping the senders ends each wait with `None`.
+        self.waiters().clear();
     }
 
     /// One round: drops waiters whose request ended, reads the documents of

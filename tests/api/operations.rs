@@ -312,3 +312,43 @@ async fn concurrent_long_polls_share_their_reads_and_all_wake() {
     }
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+/// A graceful shutdown answers open long-polls at once (with the document
+/// they have) instead of holding the stop for their whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_open_long_polls_at_once() {
+    let app = spawn_app().await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    let token = app.trusted_client("acme").await;
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
+        .await;
+    app.wait_status(&token, &id, Duration::from_secs(10), settled)
+        .await;
+    let r = app.get(&token, &format!("/v1/commands/{id}")).await;
+    let etag = r.headers()["etag"].to_str().expect("etag").to_owned();
+    let poll = app
+        .http
+        .get(format!("{}/v1/commands/{id}?wait=30", app.address))
+        .bearer_auth(&token)
+        .header("if-none-match", &etag)
+        .send();
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.shutdown.cancel();
+    };
+    let started = std::time::Instant::now();
+    let (resp, ()) = tokio::join!(poll, stop);
+    assert_eq!(
+        resp.expect("an answer, not a dropped connection").status(),
+        304
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
