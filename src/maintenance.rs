@@ -305,7 +305,11 @@ async fn execute(pool: &PgPool, settings: &MaintenanceSettings, task: Task) -> s
     let age = match task {
         Task::PurgeAttemptBodies => settings.attempt_body_retention_s,
         Task::ExpireIdempotencyKeys => settings.idempotency_key_ttl_s,
-        Task::RetireSigningSecrets | Task::PurgeTokenJtis => 0,
+        Task::RetireSigningSecrets => 0,
+        // A minute past `exp + leeway`: jsonwebtoken accepts a token until
+        // the end of its last whole second, and the API host's clock may run
+        // a little behind the database's; a spent jti must outlive both.
+        Task::PurgeTokenJtis => 60,
         Task::PurgeEvents => settings.event_retention_s,
     };
     let mut total = 0;
