@@ -129,13 +129,42 @@ struct Existing {
 }
 
 /// Inserts the commands (each sealed for its execute job, see
-/// [`crate::seal`]) and their execute jobs in one transaction; returns one
-/// outcome per input, in order.
+/// [`crate::seal`]) and their execute jobs; returns one outcome per input, in
+/// order.
+///
+/// A command skipped for its idempotency key whose holder is gone when it is
+/// looked up (maintenance cleared the expired key in between) is inserted
+/// again, in a second transaction, rather than answered 409.
 async fn insert(
     pool: &PgPool,
     sealer: &JobSealer,
     commands: Vec<&NewCommand>,
 ) -> sqlx::Result<Vec<IntakeOutcome>> {
+    let mut outcomes = insert_once(pool, sealer, commands.clone()).await?;
+    let again: Vec<usize> = (0..outcomes.len())
+        .filter(|i| outcomes[*i].is_none())
+        .collect();
+    if !again.is_empty() {
+        let retried =
+            insert_once(pool, sealer, again.iter().map(|i| commands[*i]).collect()).await?;
+        for (i, outcome) in again.into_iter().zip(retried) {
+            outcomes[i] = outcome;
+        }
+    }
+    // Gone twice in a row: the key is contended; the client may retry.
+    Ok(outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(IntakeOutcome::Conflict))
+        .collect())
+}
+
+/// One transaction of [`insert`]: `None` for a command skipped for its
+/// idempotency key whose holder could not be found.
+async fn insert_once(
+    pool: &PgPool,
+    sealer: &JobSealer,
+    commands: Vec<&NewCommand>,
+) -> sqlx::Result<Vec<Option<IntakeOutcome>>> {
     // Insert in (client_id, idempotency_key) order so concurrent batches take
     // their ON CONFLICT locks in the same order and cannot deadlock; outcomes
     // are matched back to the caller's order by command id below.
@@ -276,17 +305,18 @@ async fn insert(
         .iter()
         .map(|c| {
             if let Some(created_at) = created.get(&c.id) {
-                return IntakeOutcome::Created {
+                return Some(IntakeOutcome::Created {
                     created_at: *created_at,
-                };
+                });
             }
             let key = (
                 c.client_id.clone(),
                 c.idempotency_key.clone().unwrap_or_default(),
             );
             match existing.get(&key) {
-                Some((id, hash)) if *hash == c.request_hash => IntakeOutcome::Existing(*id),
-                _ => IntakeOutcome::Conflict,
+                Some((id, hash)) if *hash == c.request_hash => Some(IntakeOutcome::Existing(*id)),
+                Some(_) => Some(IntakeOutcome::Conflict),
+                None => None,
             }
         })
         .collect())
