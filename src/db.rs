@@ -39,16 +39,30 @@ pub enum DbError {
 }
 
 fn options(url: &str) -> Result<PgConnectOptions, DbError> {
-    PgConnectOptions::from_str(url)
+    let opts = PgConnectOptions::from_str(url)
         .map(|o| o.log_statements(tracing::log::LevelFilter::Trace))
         .map_err(|e| DbError::Setup {
             url: mask_url(url),
             cause: e.to_string(),
-        })
+        })?;
+    // No TLS to a loopback Postgres unless configured (DESIGN): sqlx's
+    // default `prefer` would encrypt local traffic, unverified, for nothing.
+    let ssl_configured =
+        url.to_ascii_lowercase().contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();
+    let loopback = matches!(opts.get_host(), "localhost" | "127.0.0.1" | "::1" | "[::1]")
+        || opts.get_host().starts_with('/');
+    Ok(if loopback && !ssl_configured {
+        opts.ssl_mode(sqlx::postgres::PgSslMode::Disable)
+    } else {
+        opts
+    })
 }
 
-/// Creates the database named in `url` when it does not exist (connecting to
-/// the server's `postgres` database to do so).
+/// Creates the database named in `url` when it does not exist. It first
+/// connects to that database itself, so a login that may reach only its own
+/// database (PgBouncer, managed Postgres, a strict `pg_hba.conf`) works;
+/// only when Postgres answers "database does not exist" (SQLSTATE 3D000)
+/// does it connect to the server's `postgres` database to create it.
 ///
 /// # Errors
 /// [`DbError::Unreachable`] when the server cannot be reached.
@@ -59,6 +73,14 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         url: mask_url(url),
         cause: e.to_string(),
     };
+    match sqlx::PgConnection::connect_with(&opts).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(unreachable(e)),
+    }
     let mut conn = sqlx::PgConnection::connect_with(&opts.clone().database("postgres"))
         .await
         .map_err(unreachable)?;

@@ -101,7 +101,9 @@ fn main() -> ExitCode {
             }
             Command::Migrate => {
                 let url = settings.database.url.expose_secret();
-                hookrelay::db::ensure_database(url).await?;
+                if settings.database.create_if_missing {
+                    hookrelay::db::ensure_database(url).await?;
+                }
                 let pool =
                     hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
                 hookrelay::db::migrate(&pool, url).await?;

@@ -6,6 +6,7 @@ mod auth;
 mod authz;
 mod cli;
 mod crash;
+mod database;
 mod dead_letters;
 mod events;
 mod failures;
