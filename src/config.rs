@@ -75,6 +75,23 @@ pub enum ConfigError {
     Load(String),
 }
 
+/// A loader message on one line (SPEC: bad config prints one clear line):
+/// the TOML parser's source snippet (`3 | foo =`, `  |     ^`) is dropped and
+/// the remaining lines are joined with `; `.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let snippet = l.starts_with('|')
+                || l.split_once(" |")
+                    .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            !l.is_empty() && !snippet
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -441,6 +458,12 @@ pub struct EventSettings {
 /// plausibly need to switch.
 pub const MAX_SECRET_ROTATION_GRACE_S: u64 = 30 * 24 * 3600;
 
+/// Longest delay a retry schedule entry or `delivery.max_retry_after_s` may
+/// give, seconds (30 days): beyond it a delay overflows the arithmetic
+/// (`Duration`, Postgres intervals) after the attempt was sent, so the
+/// outcome could never be recorded and the webhook would go out again.
+pub const MAX_RETRY_DELAY_S: u64 = 30 * 24 * 3600;
+
 /// `[telemetry]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -743,13 +766,13 @@ impl Settings {
             if let Ok(url) = std::env::var("DATABASE_URL") {
                 builder = builder
                     .set_override("database.url", url)
-                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+                    .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
             }
         }
         let settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
         settings.validate()
     }
 
@@ -766,7 +789,7 @@ impl Settings {
             ))
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
         settings.validate()
     }
 
@@ -775,10 +798,12 @@ impl Settings {
     /// # Errors
     /// The first invalid key, with the problem.
     pub fn validate(mut self) -> Result<Settings, ConfigError> {
-        self.server
-            .bind
-            .parse::<SocketAddr>()
-            .map_err(|_| invalid("server.bind", "must be host:port, e.g. 127.0.0.1:8080"))?;
+        self.server.bind.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server.bind",
+                "must be an IP address and port, e.g. 127.0.0.1:8080 (not a host name)",
+            )
+        })?;
         if self.server.body_limit_bytes < 1024 {
             return Err(invalid("server.body_limit_bytes", "must be at least 1024"));
         }
@@ -786,7 +811,7 @@ impl Settings {
             let admin = self.server.admin_bind.parse::<SocketAddr>().map_err(|_| {
                 invalid(
                     "server.admin_bind",
-                    "must be empty (off) or host:port, e.g. 127.0.0.1:9090",
+                    "must be empty (off) or an IP address and port, e.g. 127.0.0.1:9090",
                 )
             })?;
             if admin.port() != 0 && self.server.bind.parse::<SocketAddr>().ok() == Some(admin) {
@@ -895,11 +920,17 @@ impl Settings {
             .delivery
             .retry_schedule_s
             .iter()
-            .find(|d| !d.is_finite() || **d < 0.0)
+            .find(|d| !d.is_finite() || **d < 0.0 || **d > MAX_RETRY_DELAY_S as f64)
         {
             return Err(invalid(
                 "delivery.retry_schedule_s",
-                format!("delays must be finite and ≥ 0 seconds, got {bad}"),
+                format!("delays must be 0 to {MAX_RETRY_DELAY_S} seconds (30 days), got {bad}"),
+            ));
+        }
+        if self.delivery.max_retry_after_s > MAX_RETRY_DELAY_S {
+            return Err(invalid(
+                "delivery.max_retry_after_s",
+                format!("must be at most {MAX_RETRY_DELAY_S} seconds (30 days)"),
             ));
         }
         if !(0.0..=1.0).contains(&self.delivery.jitter) {
@@ -1213,6 +1244,16 @@ impl IntegrationSettings {
                 invalid(
                     format!("{key}.credential.value_env"),
                     format!("environment variable {} is not set", cred.value_env),
+                )
+            })?;
+            actix_web::http::header::HeaderValue::try_from(value.as_str()).map_err(|_| {
+                invalid(
+                    format!("{key}.credential.value_env"),
+                    format!(
+                        "environment variable {} holds characters a header value may not \
+                         (e.g. a trailing newline)",
+                        cred.value_env
+                    ),
                 )
             })?;
             cred.value = Some(SecretString::from(value));
@@ -1581,6 +1622,32 @@ mod tests {
         let mut s = Settings::defaults().expect("defaults");
         s.delivery.secret_rotation_grace_s = 0;
         assert!(s.validate().is_ok(), "0 = the old secret stops at once");
+    }
+
+    #[test]
+    fn loader_messages_are_one_line() {
+        let toml = "TOML parse error at line 3, column 5\n  |\n3 | foo =\n  |     ^\ninvalid string\nexpected `\"`\n";
+        assert_eq!(
+            one_line(toml),
+            "TOML parse error at line 3, column 5; invalid string; expected `\"`"
+        );
+        assert_eq!(one_line("unknown field `x`"), "unknown field `x`");
+    }
+
+    #[test]
+    fn retry_delays_are_bounded() {
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.retry_schedule_s = vec![5.0, 1e19];
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("delivery.retry_schedule_s"), "{err}");
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.max_retry_after_s = 10_000_000_000_000;
+        let err = s.validate().expect_err("must fail").to_string();
+        assert!(err.contains("delivery.max_retry_after_s"), "{err}");
+        let mut s = Settings::defaults().expect("defaults");
+        s.delivery.retry_schedule_s = vec![MAX_RETRY_DELAY_S as f64];
+        s.delivery.max_retry_after_s = MAX_RETRY_DELAY_S;
+        assert!(s.validate().is_ok(), "30 days is allowed");
     }
 
     #[test]

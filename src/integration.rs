@@ -269,20 +269,20 @@ impl Integration {
             .build()?;
         let credential = match &settings.credential {
             Some(c) => {
-                let name = HeaderName::try_from(c.header.as_str())?;
+                let header = HeaderName::try_from(c.header.as_str())?;
                 let raw = c
                     .value
                     .as_ref()
                     .map(|v| v.expose_secret().to_owned())
                     .unwrap_or_default();
+                // Checked by config validation already; this is the backstop.
                 let mut value = HeaderValue::try_from(raw).map_err(|_| {
                     anyhow::anyhow!(
-                        "integrations.{}.credential: value is not a valid header value",
-                        name
+                        "integrations.{name}.credential.value_env: not a valid header value"
                     )
                 })?;
                 value.set_sensitive(true);
-                Some((name, value))
+                Some((header, value))
             }
             None => None,
         };

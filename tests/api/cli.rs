@@ -159,3 +159,56 @@ fn serve_creates_the_database_and_stops_cleanly_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
 }
+
+/// A credential whose value a header cannot carry (a secret mounted with a
+/// trailing newline) and a TOML syntax error each exit 2 with one line; the
+/// first names the key.
+#[test]
+fn bad_credentials_and_toml_syntax_exit_2_on_one_line() {
+    let dir = std::env::temp_dir().join(format!("hookrelay-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let with_credential = dir.join("credential.toml");
+    std::fs::write(
+        &with_credential,
+        r#"
+[security]
+allow_private_callbacks = true
+[integrations.vendor]
+base_url = "http://127.0.0.1:9"
+[integrations.vendor.credential]
+header = "Authorization"
+value_env = "HOOKRELAY_TEST_VENDOR_TOKEN"
+[integrations.vendor.operations.ping]
+method = "POST"
+path = "/ping"
+"#,
+    )
+    .expect("write");
+    let out = hookrelay()
+        .args([
+            "--config",
+            with_credential.to_str().expect("utf8"),
+            "migrate",
+        ])
+        .env("HOOKRELAY_TEST_VENDOR_TOKEN", "Bearer abc\n")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("integrations.vendor.credential.value_env"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+
+    let broken = dir.join("broken.toml");
+    std::fs::write(&broken, "[server]\nbind = \n").expect("write");
+    let out = hookrelay()
+        .args(["--config", broken.to_str().expect("utf8"), "migrate"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
