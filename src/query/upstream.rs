@@ -354,7 +354,7 @@ struct QueryContext<'a> {
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such integration or query", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Throttled and no stale copy (Retry-After)", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Upstream failed and no stale copy", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Upstream failed (5xx, timeout), redirected (3xx, never followed) or refused the integration's credential (401, 403, 407), and no stale copy", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Circuit breaker open and no stale copy (Retry-After)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -875,7 +875,13 @@ async fn fetch(
                 _ => Some(false),
             };
             policy.record_call(ticket, failed, resp.vendor, Some(started.elapsed()));
-            if resp.status >= 500 || resp.status == 429 || resp.status == 408 {
+            // Passed on, a vendor's 401/403/407 would read as the caller's
+            // own token being refused (SPEC's 401/403), and a 3xx is never
+            // followed (its Location is not passed on): both are the
+            // gateway's failure, answered 502 (or a stale copy).
+            let gateway_failure =
+                (300..400).contains(&resp.status) || matches!(resp.status, 401 | 403 | 407);
+            if resp.status >= 500 || resp.status == 429 || resp.status == 408 || gateway_failure {
                 return Err(match resp.status {
                     429 => FetchError::Throttled(
                         resp.vendor

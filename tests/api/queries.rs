@@ -342,3 +342,36 @@ async fn query_fallback_answers_while_the_breaker_is_open() {
     );
     app.upstream.verify().await;
 }
+
+/// The vendor refusing hookrelay's own credential (401/403/407) or
+/// redirecting (3xx, never followed) is the gateway's failure: 502
+/// problem+json, never a bare 401 the caller would take for its own token.
+/// Other 4xx pass through with the vendor's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_auth_refusals_and_redirects_are_502_other_4xx_pass_through() {
+    let app = spawn_app_with(|_| {}).await;
+    for (v, status) in [("1", 401), ("2", 403), ("3", 302), ("4", 404)] {
+        Mock::given(method("GET"))
+            .and(query_param("v", v))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("location", "http://10.0.0.1/")
+                    .set_body_string("vendor says no"),
+            )
+            .mount(&app.upstream)
+            .await;
+    }
+    let token = app.token("acme", &["client"]);
+    for v in ["1", "2", "3"] {
+        let resp = get_json(&app, &token, &format!("?v={v}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status(), 502, "v={v}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        assert!(resp.headers().get("location").is_none());
+    }
+    let resp = get_json(&app, &token, "?v=4").send().await.expect("send");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.expect("body"), "vendor says no");
+}
