@@ -6,16 +6,21 @@
 #
 # Needs the local Postgres (postgres://postgres@127.0.0.1:5432) and python3 (the
 # upstream and receiver are scripts/dev_peers.py). Installs wrk from Debian if missing.
-# Usage: scripts/bench_queries.sh [--duration 10s] [--connections 64]
+# Then long-poll: N requests (default 1000) wait on one unchanged status document
+# (?wait=) while the database's committed transactions per second are compared
+# with the same server idle: the waiters' cost is one batched re-read per 50 ms.
+# Usage: scripts/bench_queries.sh [--duration 10s] [--connections 64] [--waiters 1000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10s
 CONNS=64
+WAITERS=1000
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
+        --waiters) WAITERS="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -107,4 +112,42 @@ run_wrk "upstream query, uncached" "/v1/queries/httpbin/get_json_uncached"
 stop_server
 start_server 0
 run_wrk "status, uncached (max_staleness 0)" "/v1/commands/$ID"
+stop_server
+
+# Long-poll: database transactions/s with WAITERS long-polls open vs idle.
+start_server 1000
+xacts() { psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '$DB'"; }
+rate() { # transactions/s over 5 s
+    local a b
+    a=$(xacts); sleep 5; b=$(xacts)
+    echo $(( (b - a) / 5 ))
+}
+sleep 2
+idle=$(rate)
+ETAG=$(curl -fs -o /dev/null -D - "http://127.0.0.1:$PORT/v1/commands/$ID" -H "Authorization: Bearer $TOKEN" | awk -F': ' 'tolower($1)=="etag" {print $2}' | tr -d '\r')
+python3 - "$PORT" "$ID" "$TOKEN" "$ETAG" "$WAITERS" > "$WORK/waiters.log" 2>&1 <<'PY' &
+import sys, threading, urllib.request, urllib.error
+port, cid, token, etag, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+codes = []
+def wait():
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/commands/{cid}?wait=15",
+                                 headers={"Authorization": f"Bearer {token}", "If-None-Match": etag})
+    try:
+        codes.append(urllib.request.urlopen(req, timeout=30).status)
+    except urllib.error.HTTPError as e:
+        codes.append(e.code)
+    except Exception as e:
+        codes.append(str(e))
+threads = [threading.Thread(target=wait) for _ in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(f"answers: {len([c for c in codes if c == 304])} x 304 of {n}")
+PY
+WAITING=$!
+sleep 4
+busy=$(rate)
+waiting_now=$(curl -fs "http://127.0.0.1:$PORT/metrics" | awk '$1=="hookrelay_long_poll_waiters" {print $2}')
+wait "$WAITING" || true
+echo
+echo "long-poll: ${waiting_now:-?} requests waiting (of $WAITERS); database transactions/s: $idle idle, $busy while they wait; $(cat "$WORK/waiters.log")"
 stop_server

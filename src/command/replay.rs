@@ -90,6 +90,11 @@ pub async fn replay_one(
                 "delivery {id} was quarantined (integrity): its rows failed seal verification, \
                  so it is never replayed; see docs/security.md, \"Sealed outbox jobs\""
             )),
+            // Still dead-lettered but skipped: another replay holds the row
+            // (SKIP LOCKED) and is re-enqueueing it now.
+            Some((s, _)) if s == "dead_lettered" => {
+                ApiError::Conflict(format!("a replay of delivery {id} is already in progress"))
+            }
             Some((s, _)) => ApiError::Conflict(format!(
                 "delivery {id} is {s}, not dead_lettered; only dead letters can be replayed"
             )),
