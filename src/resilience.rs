@@ -107,10 +107,15 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(breaker) = self.probe.take() {
-            if let Ok(mut b) = breaker.lock() {
-                b.record(Instant::now(), true, None, &mut Vec::new());
-            }
+            release_probe(&breaker);
         }
+    }
+}
+
+/// Gives back a half-open probe whose call never reports an outcome.
+fn release_probe(breaker: &Mutex<Breaker>) {
+    if let Ok(mut b) = breaker.lock() {
+        b.record(Instant::now(), true, None, &mut Vec::new());
     }
 }
 
@@ -410,7 +415,7 @@ impl Policy {
         };
         let refuse = |delay: Duration, reason: &'static str| {
             if probe {
-                self.release_probe();
+                release_probe(&self.breaker);
             }
             Admission::Wait { delay, reason }
         };
@@ -456,13 +461,6 @@ impl Policy {
             _slot: slot,
             probe: probe.then(|| self.breaker.clone()),
         })
-    }
-
-    fn release_probe(&self) {
-        if let Ok(mut b) = self.breaker.lock() {
-            let mut changes = Vec::new();
-            b.record(Instant::now(), true, None, &mut changes);
-        }
     }
 
     /// Records a finished call: `failed` is `Some(true)` for a vendor failure

@@ -137,8 +137,7 @@ pub async fn replay_bulk(
         crate::domain::reject_nul_param(field, value.as_deref())?;
     }
     for (field, value) in [("since", request.since), ("until", request.until)] {
-        // chrono reads signed years; Postgres holds none before 4713 BC.
-        if value.is_some_and(|t| !(1..=9999).contains(&chrono::Datelike::year(&t))) {
+        if value.is_some_and(|t| !crate::domain::storable_time(&t)) {
             return Err(ApiError::validation(
                 field,
                 "must be a time in the years 1 to 9999",

@@ -141,6 +141,12 @@ impl QueryState {
         tokio::spawn(self.long_poll_primary.clone().run(cancel.clone()));
     }
 
+    /// Whether `principal` reads from the primary: it wrote on this
+    /// instance within its read-your-writes window.
+    fn reads_primary(&self, principal: &Principal) -> bool {
+        self.writers.contains(&principal.client_id)
+    }
+
     /// The pool `principal` reads from: the primary within its
     /// read-your-writes window, else the read pool.
     fn pool<'a>(
@@ -149,7 +155,7 @@ impl QueryState {
         read: &'a ReadPool,
         write: &'a WritePool,
     ) -> &'a PgPool {
-        if self.writers.contains(&principal.client_id) {
+        if self.reads_primary(principal) {
             &write.0
         } else {
             &read.0
@@ -486,9 +492,8 @@ async fn status_document(
         .get(actix_web::http::header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    // Within its read-your-writes window a writer reads from the primary
-    // (see `QueryState::pool`), and its own fresh command uncached.
-    let on_primary = state.writers.contains(&principal.client_id);
+    // Decided once: the first read and the long-poll wait use the same pool.
+    let on_primary = state.reads_primary(principal);
     let fresh = on_primary && state.writers.is_fresh_command(id);
     let pool = if on_primary { &write.0 } else { &read.0 };
     let (mut doc, mut tag) = if wait > 0 || fresh || !state.status.enabled() {
@@ -844,13 +849,11 @@ fn parse_time(
 fn parse_dead_letter_cursor(raw: &str) -> Result<(chrono::DateTime<chrono::Utc>, Uuid), ApiError> {
     let bad = || ApiError::validation("cursor", "is not a cursor from this API");
     let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
-    // Years 1–9999: every cursor this API hands out is in range, and a time
-    // outside what Postgres can hold must be a 422, not a database error.
     let at = micros
         .parse::<i64>()
         .ok()
         .and_then(chrono::DateTime::from_timestamp_micros)
-        .filter(|at| (1..=9999).contains(&chrono::Datelike::year(at)))
+        .filter(crate::domain::storable_time)
         .ok_or_else(bad)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
