@@ -471,8 +471,8 @@ async fn seed_history(pool: &sqlx::PgPool, n: usize) -> anyhow::Result<()> {
                 INSERT INTO commands (id, client_id, integration, operation, method, path, params, body,
                                       callback_url, request_hash, status, result)
                 SELECT gen_random_uuid(), 'history', 'bench', 'create', 'POST', '/things/' || g,
-                       '{}'::jsonb, '{"n": 1}'::jsonb, 'http://127.0.0.1:1/hooks', '\x00'::bytea,
-                       'succeeded', '{"status_code": 200, "body": {"ok": true}}'::jsonb
+                       '{}', '{"n": 1}', 'http://127.0.0.1:1/hooks', '\x00'::bytea,
+                       'succeeded', '{"status_code":200,"body":{"ok": true}}'
                   FROM generate_series(1, $1) g
              RETURNING id, client_id, callback_url
             ), d AS (
@@ -514,8 +514,8 @@ async fn drain(args: Args) -> anyhow::Result<()> {
             INSERT INTO commands (id, client_id, integration, operation, method, path, params, body,
                                   callback_url, request_hash, status, result)
             SELECT gen_random_uuid(), 'bench', 'bench', 'create', 'POST', '/things/' || g,
-                   '{}'::jsonb, '{"n": 1}'::jsonb, $2, '\x00'::bytea,
-                   'succeeded', '{"status_code": 200, "body": {"ok": true}}'::jsonb
+                   '{}', '{"n": 1}', $2, '\x00'::bytea,
+                   'succeeded', '{"status_code":200,"body":{"ok": true}}'
               FROM generate_series(1, $1) g
          RETURNING id, client_id, callback_url
         ), d AS (

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::config::FallbackSettings;
 use crate::config::Settings;
 use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
-use crate::domain::{CommandStatus, DeliveryStatus};
+use crate::domain::{CommandStatus, DeliveryStatus, JsonText};
 use crate::integration::{
     backoff, CallOutcome, Integrations, PathTemplate, UpstreamRequest, UpstreamResult,
 };
@@ -331,6 +331,8 @@ async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
         // A duplicate or late job for a finished command or delivery (the
         // command's state, not the job row, decides): never act twice.
         outbox::drop_job(&ctx.pool, &job).await
+    } else if let Some(why) = job.undecodable.clone() {
+        fail_undecodable(ctx, &job, &why).await
     } else if let Err(error) = verify_seal(ctx, &job) {
         quarantine(ctx, &job, &error).await
     } else if claims > ctx.settings.dispatcher.max_claims {
@@ -410,6 +412,46 @@ async fn quarantine(
     Ok(done)
 }
 
+/// Ends a job whose rows did not decode at claim ([`ClaimedJob::undecodable`])
+/// on its own, without running it and without retrying it: an execute job's
+/// command fails with the reason in its result (`error`: `undecodable: …`),
+/// which its callback carries like any failure — if the seal over what did
+/// decode still verifies, else it is quarantined; a deliver job is
+/// dead-lettered with reason `undecodable`.
+async fn fail_undecodable(
+    ctx: &DispatchContext,
+    job: &ClaimedJob,
+    why: &str,
+) -> sqlx::Result<bool> {
+    crate::metrics::job_quarantined(&job.kind);
+    let why = format!("undecodable: {why}; not executed");
+    if job.kind == "execute" {
+        if let Err(error) = verify_seal(ctx, job) {
+            tracing::error!(job_id = job.id, %error, "an undecodable job's seal does not verify either");
+            return outbox::quarantine(&ctx.pool, job, &format!("{why}; {error}")).await;
+        }
+        return finish(
+            ctx,
+            job,
+            CommandStatus::Failed,
+            &UpstreamResult::no_response(why),
+        )
+        .await;
+    }
+    record(
+        ctx,
+        job.id,
+        Outcome::Attempt(AttemptRecord {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            outcome: crate::delivery::AttemptOutcome::not_sent(why),
+            next: AfterAttempt::DeadLettered("undecodable"),
+            trigger: job.trigger.clone(),
+        }),
+    )
+    .await
+}
+
 /// Queues an outcome with the group writer and waits for its commit, marking
 /// the job as recording meanwhile (see [`DispatchContext::recording`]).
 async fn record(ctx: &DispatchContext, job_id: i64, outcome: Outcome) -> sqlx::Result<bool> {
@@ -446,13 +488,7 @@ async fn give_up(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         )
         .await;
     }
-    let result = UpstreamResult {
-        status_code: None,
-        body: serde_json::Value::Null,
-        truncated: false,
-        error: Some(why),
-        fallback: false,
-    };
+    let result = UpstreamResult::no_response(why);
     finish(ctx, job, CommandStatus::Failed, &result).await
 }
 
@@ -466,16 +502,10 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         ctx.integrations.get(&job.integration),
         ctx.policies.get(&job.integration),
     ) else {
-        let result = UpstreamResult {
-            status_code: None,
-            body: serde_json::Value::Null,
-            truncated: false,
-            error: Some(format!(
-                "integration `{}` is no longer configured",
-                job.integration
-            )),
-            fallback: false,
-        };
+        let result = UpstreamResult::no_response(format!(
+            "integration `{}` is no longer configured",
+            job.integration
+        ));
         return finish(ctx, job, CommandStatus::Failed, &result).await;
     };
     let ticket = match policy.admit().await {
@@ -512,7 +542,7 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         operation: &job.operation,
         method: &job.method,
         path: &job.path,
-        body: job.body.as_ref().map(|b| &b.0),
+        body: job.body.as_deref(),
         idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
     let called = integration.call(&request).await;
@@ -582,7 +612,10 @@ async fn run_fallback(
     if let Some(status) = fallback.status {
         let result = UpstreamResult {
             status_code: Some(status),
-            body: fallback.body.clone().unwrap_or(serde_json::Value::Null),
+            body: fallback
+                .body
+                .as_ref()
+                .map_or_else(JsonText::null, JsonText::from_value),
             truncated: false,
             error: None,
             fallback: true,
@@ -604,7 +637,7 @@ async fn run_fallback(
         return defer(ctx, job, remaining).await;
     };
     let path = match PathTemplate::parse(&op.path)
-        .map(|t| t.fill_subset(&job.params.0.as_object().cloned().unwrap_or_default()))
+        .map(|t| t.fill_subset(&serde_json::from_str(&job.params).unwrap_or_default()))
     {
         Ok(Ok(p)) => p,
         _ => return defer(ctx, job, remaining).await,
@@ -618,7 +651,7 @@ async fn run_fallback(
         operation: op_name,
         method: op.method.as_str(),
         path: &path,
-        body: job.body.as_ref().map(|b| &b.0),
+        body: job.body.as_deref(),
         idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
     let called = target.call(&request).await;
@@ -657,7 +690,7 @@ async fn finish(
     // What the upstream said is outside text: masked before it is stored
     // (commands.result) and before it becomes the callback's data.result.
     let mut result = result.clone();
-    ctx.redactor.json_in_place(&mut result.body);
+    result.body = ctx.redactor.json_text(&result.body);
     result.error = ctx.redactor.opt_text(result.error);
     let result = &result;
     let body = WebhookBody {

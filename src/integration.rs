@@ -28,6 +28,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::{IntegrationSettings, OperationSettings};
+use crate::domain::JsonText;
 use crate::http_util::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
 use crate::resilience::VendorLimit;
 
@@ -170,10 +171,11 @@ pub struct UpstreamResult {
     /// Upstream HTTP status; null when no response was received (timeout,
     /// connection error).
     pub status_code: Option<u16>,
-    /// The upstream body: JSON when it parses as JSON, else a string; null when
-    /// empty or absent.
+    /// The upstream body: the vendor's exact JSON text when it is JSON (nested
+    /// at most [`MAX_BODY_DEPTH`] levels), else a string; null when empty or
+    /// absent. Numbers are never re-formatted.
     #[schema(value_type = Object)]
-    pub body: Value,
+    pub body: JsonText,
     /// Set when the body exceeded `max_response_bytes` and was cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -184,6 +186,43 @@ pub struct UpstreamResult {
     /// integration, or a static response) because this one's breaker was open.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+}
+
+impl UpstreamResult {
+    /// The result of a call that got no response: status and body null, with
+    /// `error` saying why.
+    pub fn no_response(error: impl Into<String>) -> UpstreamResult {
+        UpstreamResult {
+            status_code: None,
+            body: JsonText::null(),
+            truncated: false,
+            error: Some(error.into()),
+            fallback: false,
+        }
+    }
+
+    /// The stored form (`commands.result`): compact JSON with `status_code`
+    /// first (the event trigger reads it from there) and the body's text
+    /// embedded verbatim.
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                r#"{{"status_code":null,"body":null,"error":{}}}"#,
+                serde_json::Value::String(format!("result not serialisable: {e}"))
+            )
+        })
+    }
+
+    /// Reads the stored form back. Never fails: text that does not read as a
+    /// result (written by another version, or altered) comes back as a
+    /// result whose body is that text as a string and whose `error` says so,
+    /// so no stored value can fail a read.
+    pub fn from_text(text: &str) -> UpstreamResult {
+        serde_json::from_str(text).unwrap_or_else(|e| UpstreamResult {
+            body: JsonText::string(text),
+            ..UpstreamResult::no_response(format!("stored result unreadable: {e}"))
+        })
+    }
 }
 
 /// How an upstream call ended.
@@ -234,8 +273,8 @@ pub struct UpstreamRequest<'a> {
     pub method: &'a str,
     /// Filled path (resolved at intake), appended to `base_url`.
     pub path: &'a str,
-    /// JSON body, if any.
-    pub body: Option<&'a Value>,
+    /// JSON body, if any: the client's exact text, sent as it is.
+    pub body: Option<&'a str>,
     /// Forwarded as `Idempotency-Key` so a vendor can de-duplicate our retries:
     /// the client's key, or the command id.
     pub idempotency_key: &'a str,
@@ -323,19 +362,15 @@ impl Integration {
             builder = builder.header(name.clone(), value.clone());
         }
         if let Some(body) = req.body {
-            builder = builder.json(body);
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_owned());
         }
         let started = Instant::now();
         let mut vendor = None;
         let outcome = match builder.send().await {
             Err(e) => CallOutcome::Retryable {
-                result: UpstreamResult {
-                    status_code: None,
-                    body: Value::Null,
-                    truncated: false,
-                    error: Some(describe_transport_error(&e)),
-                    fallback: false,
-                },
+                result: UpstreamResult::no_response(describe_transport_error(&e)),
                 retry_after: None,
             },
             Ok(resp) => {
@@ -346,10 +381,7 @@ impl Integration {
                     Err(e) => CallOutcome::Retryable {
                         result: UpstreamResult {
                             status_code: Some(status.as_u16()),
-                            body: Value::Null,
-                            truncated: false,
-                            error: Some(describe_transport_error(&e)),
-                            fallback: false,
+                            ..UpstreamResult::no_response(describe_transport_error(&e))
                         },
                         retry_after,
                     },
@@ -517,36 +549,22 @@ fn classify(status: u16, result: UpstreamResult, retry_after: Option<Duration>) 
 /// and then fail every status and list read of its command.
 pub const MAX_BODY_DEPTH: usize = 64;
 
-/// The body as JSON when it parses (and nests at most [`MAX_BODY_DEPTH`]
-/// levels), else as a string; empty → null.
-fn body_value(bytes: &[u8], truncated: bool) -> Value {
+/// The body as the vendor's JSON text when it is JSON (and nests at most
+/// [`MAX_BODY_DEPTH`] levels), else as a string; empty → null.
+pub fn body_value(bytes: &[u8], truncated: bool) -> JsonText {
     if bytes.is_empty() {
-        return Value::Null;
+        return JsonText::null();
     }
     if !truncated {
-        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-            if json_depth(&v) <= MAX_BODY_DEPTH {
-                return crate::http_util::strip_nul_json(v);
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            if let Ok(json) = JsonText::parse(text.trim().to_owned()) {
+                if json.depth() <= MAX_BODY_DEPTH {
+                    return json;
+                }
             }
         }
     }
-    Value::String(lossy_text(bytes))
-}
-
-/// Nesting depth of a JSON value: a scalar is 0, `[]` and `[1]` are 1.
-fn json_depth(v: &Value) -> usize {
-    // Iterative: the value may be as deep as serde_json allows (128).
-    let mut deepest = 0;
-    let mut stack = vec![(v, 0usize)];
-    while let Some((v, depth)) = stack.pop() {
-        deepest = deepest.max(depth);
-        match v {
-            Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
-            Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
-            _ => {}
-        }
-    }
-    deepest
+    JsonText::string(&lossy_text(bytes))
 }
 
 /// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential
@@ -649,7 +667,7 @@ mod tests {
     fn classification() {
         let r = UpstreamResult {
             status_code: Some(0),
-            body: Value::Null,
+            body: JsonText::null(),
             truncated: false,
             error: None,
             fallback: false,
@@ -686,8 +704,35 @@ mod tests {
 
     #[test]
     fn bodies_become_json_or_text() {
-        assert_eq!(body_value(br#"{"a":1}"#, false), json!({"a": 1}));
-        assert_eq!(body_value(b"plain", false), json!("plain"));
-        assert_eq!(body_value(b"", false), Value::Null);
+        assert_eq!(body_value(br#"{"a":1}"#, false).as_str(), r#"{"a":1}"#);
+        assert_eq!(body_value(b"plain", false).as_str(), r#""plain""#);
+        assert!(body_value(b"", false).is_null());
+        // The vendor's numbers, exactly.
+        let text = r#"{"a": 1.7976931348623157e308, "b": 1.79e308, "c": 2.5e-308, "d": 1e400}"#;
+        assert_eq!(body_value(text.as_bytes(), false).as_str(), text);
+        // Too deep for every later read: kept as text.
+        let deep = format!(
+            "{}{}",
+            "[".repeat(MAX_BODY_DEPTH + 1),
+            "]".repeat(MAX_BODY_DEPTH + 1)
+        );
+        assert_eq!(body_value(deep.as_bytes(), false), JsonText::string(&deep));
+    }
+
+    #[test]
+    fn stored_results_read_back_exactly_and_never_fail() {
+        let r = UpstreamResult {
+            status_code: Some(200),
+            body: body_value(br#"{"x": -965.56748141547666, "z": -0.0}"#, false),
+            truncated: false,
+            error: None,
+            fallback: false,
+        };
+        let text = r.to_text();
+        assert!(text.starts_with(r#"{"status_code":200,"#), "{text}");
+        assert_eq!(UpstreamResult::from_text(&text), r);
+        let odd = UpstreamResult::from_text("not a result");
+        assert_eq!(odd.status_code, None);
+        assert_eq!(odd.body, JsonText::string("not a result"));
     }
 }

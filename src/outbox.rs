@@ -16,8 +16,6 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -58,12 +56,12 @@ pub struct ClaimedJob {
     pub method: String,
     /// Resolved path.
     pub path: String,
-    /// Command body.
-    pub body: Option<Json<Value>>,
+    /// Command body: the stored JSON text, sent upstream as it is.
+    pub body: Option<String>,
     /// Client's idempotency key.
     pub idempotency_key: Option<String>,
-    /// Command params (for a fallback operation's path).
-    pub params: Json<Value>,
+    /// Command params, the stored JSON text (for a fallback operation's path).
+    pub params: String,
     /// When the command was accepted (for the retry horizon).
     pub command_created_at: chrono::DateTime<chrono::Utc>,
     /// Command status at claim time (before the claim's own update).
@@ -82,6 +80,12 @@ pub struct ClaimedJob {
     pub command_seal: Option<String>,
     /// The delivery's seal (`deliveries.seal`, deliver jobs).
     pub delivery_seal: Option<String>,
+    /// Set when a column of this job's rows could not be decoded: which one
+    /// and why. The job is then failed on its own (never run, never retried
+    /// in a loop); the columns that did decode are filled in, the others hold
+    /// empty defaults.
+    #[sqlx(skip)]
+    pub undecodable: Option<String>,
 }
 
 impl ClaimedJob {
@@ -94,8 +98,8 @@ impl ClaimedJob {
             operation: &self.operation,
             method: &self.method,
             path: &self.path,
-            params: &self.params.0,
-            body: self.body.as_ref().map(|b| &b.0),
+            params: &self.params,
+            body: self.body.as_deref(),
             callback_url: &self.callback_url,
             idempotency_key: self.idempotency_key.as_deref(),
         }
@@ -121,7 +125,7 @@ impl ClaimedJob {
 /// Database errors.
 pub async fn claim(pool: &PgPool, limit: usize, lease: Duration) -> sqlx::Result<Vec<ClaimedJob>> {
     let token = Uuid::new_v4();
-    sqlx::query_as::<_, ClaimedJob>(
+    let rows = sqlx::query(
         r#"
         WITH claimed AS (
             UPDATE jobs
@@ -161,7 +165,113 @@ pub async fn claim(pool: &PgPool, limit: usize, lease: Duration) -> sqlx::Result
     .bind(lease.as_secs_f64())
     .bind(token)
     .fetch_all(pool)
-    .await
+    .await?;
+    // Each row is decoded on its own: a row that does not decode must not
+    // take the rest of the batch (claimed, leased, and so stuck until their
+    // leases run out) with it.
+    Ok(rows.iter().map(decode_claimed).collect())
+}
+
+/// Decodes one claimed row; when that fails, decodes column by column and
+/// marks the job [`ClaimedJob::undecodable`], naming the columns that failed.
+/// A decoder that panics instead of failing (sqlx's chrono decoding panics on
+/// a timestamp of `infinity`) counts as failing: it must not take the
+/// dispatcher with it.
+fn decode_claimed(row: &sqlx::postgres::PgRow) -> ClaimedJob {
+    use sqlx::{FromRow, Row};
+    let error = match decoded(|| ClaimedJob::from_row(row)) {
+        Ok(job) => return job,
+        Err(e) => e,
+    };
+    let mut failed: Vec<String> = Vec::new();
+    macro_rules! col {
+        ($name:literal) => {
+            match decoded(|| row.try_get($name)) {
+                Ok(v) => v,
+                Err(e) => {
+                    failed.push(format!("{}: {e}", $name));
+                    Default::default()
+                }
+            }
+        };
+    }
+    let job = ClaimedJob {
+        id: col!("id"),
+        kind: col!("kind"),
+        command_id: col!("command_id"),
+        delivery_id: col!("delivery_id"),
+        attempts: col!("attempts"),
+        lease_token: col!("lease_token"),
+        trigger: col!("trigger"),
+        client_id: col!("client_id"),
+        integration: col!("integration"),
+        operation: col!("operation"),
+        method: col!("method"),
+        path: col!("path"),
+        body: col!("body"),
+        idempotency_key: col!("idempotency_key"),
+        params: col!("params"),
+        command_created_at: col!("command_created_at"),
+        command_status: col!("command_status"),
+        url: col!("url"),
+        payload: col!("payload"),
+        delivery_status: col!("delivery_status"),
+        secrets: col!("secrets"),
+        callback_url: col!("callback_url"),
+        command_seal: col!("command_seal"),
+        delivery_seal: col!("delivery_seal"),
+        undecodable: None,
+    };
+    // A column only the other kind of job uses does not stop this one (a
+    // deliver job never reads the command's body or creation time).
+    let unused: &[&str] = if job.kind == "deliver" {
+        &[
+            "method",
+            "path",
+            "body",
+            "idempotency_key",
+            "params",
+            "command_created_at",
+            "command_status",
+            "command_seal",
+        ]
+    } else {
+        &[
+            "url",
+            "payload",
+            "delivery_status",
+            "secrets",
+            "delivery_seal",
+        ]
+    };
+    let relevant: Vec<String> = failed
+        .into_iter()
+        .filter(|f| !unused.iter().any(|u| f.split(':').next() == Some(*u)))
+        .collect();
+    if relevant.is_empty() {
+        // Every column this job reads decoded on its own.
+        tracing::debug!(job_id = job.id, %error, "a claimed row decodes only column by column");
+        return job;
+    }
+    let why = relevant.join("; ");
+    tracing::error!(job_id = job.id, command_id = %job.command_id, reason = %why, "a claimed job does not decode; failing it on its own");
+    ClaimedJob {
+        undecodable: Some(why),
+        ..job
+    }
+}
+
+/// Runs a decoder, turning both its error and its panic into a message.
+fn decoded<T>(decode: impl FnOnce() -> sqlx::Result<T>) -> Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the decoder panicked".to_owned())),
+    }
 }
 
 /// The end of an upstream call, to be recorded by [`finish_batch`].
@@ -204,7 +314,7 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
     let written: Vec<(i64, Uuid)> = sqlx::query_as(
         r#"
         WITH input AS (
-            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::jsonb[], $5::uuid[], $6::text[],
+            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[],
                                  $7::text[], $8::text[])
                 AS t(job_id, lease_token, status, result, delivery_id, payload, url, seal)
         ), j AS (
@@ -231,7 +341,7 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
     .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.lease_token).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| Json(&r.result)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.result.to_text()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.payload.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.url.as_str()).collect::<Vec<_>>())
@@ -676,11 +786,7 @@ pub async fn replay_dead_letters(
 /// Database errors (nothing is written then; the job is quarantined again
 /// when it is next claimed).
 pub async fn quarantine(pool: &PgPool, job: &ClaimedJob, why: &str) -> sqlx::Result<bool> {
-    let result = serde_json::json!({
-        "status_code": null,
-        "body": null,
-        "error": format!("integrity: {why}; not executed"),
-    });
+    let result = UpstreamResult::no_response(format!("integrity: {why}; not executed"));
     let done: Option<i64> = sqlx::query_scalar(
         r#"
         WITH j AS (
@@ -712,7 +818,7 @@ pub async fn quarantine(pool: &PgPool, job: &ClaimedJob, why: &str) -> sqlx::Res
     .bind(job.id)
     .bind(job.lease_token)
     .bind(why)
-    .bind(Json(&result))
+    .bind(result.to_text())
     .bind(Uuid::now_v7())
     .fetch_optional(pool)
     .await?;

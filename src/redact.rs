@@ -31,6 +31,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::config::Settings;
+use crate::domain::JsonText;
 use crate::security::SECRET_PREFIX;
 
 /// What a masked value is replaced with.
@@ -214,19 +215,37 @@ impl Redactor {
     }
 
     /// Masks outside text: if it is a JSON object or array, field by field
-    /// (re-serialised only when something was masked); in any case known
-    /// secrets and `whsec_` secrets.
+    /// (see [`Redactor::json_text`]: everything that is not masked keeps its
+    /// exact bytes); in any case known secrets and `whsec_` secrets.
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') || trimmed.starts_with('[') {
-            if let Ok(mut v) = serde_json::from_str::<Value>(text) {
-                if self.json_in_place(&mut v) {
-                    return Cow::Owned(v.to_string());
-                }
-                return Cow::Borrowed(text);
+            match JsonMasker::run(self, text) {
+                Ok(None) => return Cow::Borrowed(text),
+                Ok(Some(masked)) => return Cow::Owned(masked),
+                Err(()) => {} // not JSON after all: text rules below
             }
         }
         self.mask_secrets(text)
+    }
+
+    /// Masks JSON text the way [`Redactor::json_in_place`] masks a value —
+    /// sensitive fields replaced whole, known secrets masked inside strings
+    /// and keys — working on the text itself, so every byte that is not
+    /// masked (numbers above all: `1.7976931348623157e308`, `-0.0`, `1e400`)
+    /// stays exactly as the vendor sent it.
+    pub fn json_text(&self, json: &JsonText) -> JsonText {
+        match JsonMasker::run(self, json.as_str()) {
+            Ok(None) => json.clone(),
+            Ok(Some(masked)) => JsonText::parse(masked)
+                .unwrap_or_else(|_| JsonText::string(&self.mask_secrets(json.as_str()))),
+            Err(()) => match self.mask_secrets(json.as_str()) {
+                Cow::Borrowed(_) => json.clone(),
+                Cow::Owned(masked) => {
+                    JsonText::parse(masked.clone()).unwrap_or_else(|_| JsonText::string(&masked))
+                }
+            },
+        }
     }
 
     /// [`Redactor::text`] for an optional string.
@@ -272,6 +291,171 @@ fn mask_whsec(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Deepest nesting [`JsonMasker`] follows; deeper text is masked by the text
+/// rules only (hookrelay keeps deeper upstream bodies as strings anyway).
+const MASK_MAX_DEPTH: usize = 128;
+
+/// Copies JSON text, masking as [`Redactor::json_in_place`] would, without
+/// ever re-formatting what it does not mask.
+struct JsonMasker<'r, 't> {
+    redactor: &'r Redactor,
+    src: &'t str,
+    pos: usize,
+    out: String,
+    changed: bool,
+}
+
+impl<'r, 't> JsonMasker<'r, 't> {
+    /// `Ok(None)`: nothing to mask; `Ok(Some(text))`: the masked text;
+    /// `Err(())`: `src` is not one JSON value (or nests too deep).
+    fn run(redactor: &'r Redactor, src: &'t str) -> Result<Option<String>, ()> {
+        let mut m = JsonMasker {
+            redactor,
+            src,
+            pos: 0,
+            out: String::with_capacity(src.len()),
+            changed: false,
+        };
+        m.whitespace();
+        m.value(0)?;
+        m.whitespace();
+        if m.pos != src.len() {
+            return Err(());
+        }
+        Ok(m.changed.then_some(m.out))
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.pos).copied()
+    }
+
+    fn whitespace(&mut self) {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+        self.out.push_str(&self.src[start..self.pos]);
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), ()> {
+        if self.peek() != Some(byte) {
+            return Err(());
+        }
+        self.pos += 1;
+        self.out.push(char::from(byte));
+        Ok(())
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), ()> {
+        if depth > MASK_MAX_DEPTH {
+            return Err(());
+        }
+        match self.peek().ok_or(())? {
+            b'{' => {
+                self.expect(b'{')?;
+                self.whitespace();
+                if self.peek() == Some(b'}') {
+                    return self.expect(b'}');
+                }
+                loop {
+                    self.whitespace();
+                    let key = self.string()?;
+                    self.whitespace();
+                    self.expect(b':')?;
+                    self.whitespace();
+                    if self.redactor.is_sensitive_field(&key) {
+                        let start = self.out.len();
+                        self.value(depth + 1)?;
+                        let masked = format!("\"{REDACTED}\"");
+                        if self.out[start..] != masked {
+                            self.out.truncate(start);
+                            self.out.push_str(&masked);
+                            self.changed = true;
+                        }
+                    } else {
+                        self.value(depth + 1)?;
+                    }
+                    self.whitespace();
+                    match self.peek() {
+                        Some(b',') => self.expect(b',')?,
+                        Some(b'}') => return self.expect(b'}'),
+                        _ => return Err(()),
+                    }
+                }
+            }
+            b'[' => {
+                self.expect(b'[')?;
+                self.whitespace();
+                if self.peek() == Some(b']') {
+                    return self.expect(b']');
+                }
+                loop {
+                    self.whitespace();
+                    self.value(depth + 1)?;
+                    self.whitespace();
+                    match self.peek() {
+                        Some(b',') => self.expect(b',')?,
+                        Some(b']') => return self.expect(b']'),
+                        _ => return Err(()),
+                    }
+                }
+            }
+            b'"' => self.string().map(|_| ()),
+            _ => {
+                // A number, true, false or null: copied as it is.
+                let start = self.pos;
+                while matches!(
+                    self.peek(),
+                    Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' | b'a'..=b'z')
+                ) {
+                    self.pos += 1;
+                }
+                let token = &self.src[start..self.pos];
+                if token.is_empty() || serde_json::from_str::<serde::de::IgnoredAny>(token).is_err()
+                {
+                    return Err(());
+                }
+                self.out.push_str(token);
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies one string literal (masking known secrets inside it) and
+    /// returns its decoded text.
+    fn string(&mut self) -> Result<String, ()> {
+        let bytes = self.src.as_bytes();
+        if self.peek() != Some(b'"') {
+            return Err(());
+        }
+        let start = self.pos;
+        let mut i = start + 1;
+        loop {
+            match bytes.get(i).ok_or(())? {
+                b'\\' => i += 2,
+                b'"' => break,
+                _ => i += 1,
+            }
+        }
+        self.pos = i + 1;
+        let raw = &self.src[start..self.pos];
+        let decoded: String = match serde_json::from_str(raw) {
+            Ok(d) => d,
+            // A lone surrogate escape and the like: mask on the raw text.
+            Err(_) => raw[1..raw.len() - 1].to_owned(),
+        };
+        match self.redactor.mask_secrets(&decoded) {
+            Cow::Borrowed(_) => self.out.push_str(raw),
+            Cow::Owned(masked) => {
+                self.out
+                    .push_str(&serde_json::to_string(&masked).map_err(|_| ())?);
+                self.changed = true;
+            }
+        }
+        Ok(decoded)
+    }
 }
 
 #[cfg(test)]

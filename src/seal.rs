@@ -17,10 +17,14 @@
 //! first key seals, every configured key verifies, so keys rotate by
 //! prepending a new one. The input is a canonical, length-prefixed encoding
 //! (never string concatenation): a domain label, then each field as an 8-byte
-//! big-endian length and its bytes; JSON values are encoded as a tagged tree
-//! with object keys sorted and numbers normalised (integers, including
-//! integral floats, as decimal; other floats by their IEEE-754 bits), so the
-//! value read back from `jsonb` verifies against the value sent at intake.
+//! big-endian length and its bytes. `params` and `body` are covered as the
+//! exact JSON text stored (`text` columns, see [`crate::domain::JsonText`]), so
+//! a seal fails only when a byte of the row changed — never because a number
+//! was parsed differently on the way back.
+//!
+//! Seals written before JSON was kept as text (label `v1`) covered a parsed
+//! JSON tree; a row whose `v2` seal does not match is checked against that
+//! encoding too, so commands in flight across the upgrade still run.
 
 use std::fmt;
 
@@ -40,7 +44,10 @@ pub const MAC_KEY_BYTES: usize = 32;
 
 /// Domain label in front of every MAC input, so a MAC made for another
 /// purpose under the same key cannot pass for a job seal.
-const LABEL: &[u8] = b"hookrelay/job-seal/v1\0";
+const LABEL: &[u8] = b"hookrelay/job-seal/v2\0";
+
+/// The label of seals written before JSON was kept as text (verify only).
+const LEGACY_LABEL: &[u8] = b"hookrelay/job-seal/v1\0";
 
 /// What an execute job acts on (fields of its `commands` row).
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +64,10 @@ pub struct ExecuteSeal<'a> {
     pub method: &'a str,
     /// Resolved path.
     pub path: &'a str,
-    /// Params.
-    pub params: &'a Value,
-    /// Body (absent = `None`).
-    pub body: Option<&'a Value>,
+    /// Params, the stored JSON text.
+    pub params: &'a str,
+    /// Body, the stored JSON text (absent = `None`).
+    pub body: Option<&'a str>,
     /// Callback URL.
     pub callback_url: &'a str,
     /// Client's idempotency key (forwarded upstream).
@@ -154,7 +161,13 @@ impl JobSealer {
         seal: Option<&str>,
         fields: &ExecuteSeal<'_>,
     ) -> Result<(), SealError> {
-        self.verify(seal, &encode_execute(fields))
+        match self.verify(seal, &encode_execute(fields)) {
+            Err(SealError::Mismatch) => match encode_execute_legacy(fields) {
+                Some(legacy) if self.verify(seal, &legacy).is_ok() => Ok(()),
+                _ => Err(SealError::Mismatch),
+            },
+            other => other,
+        }
     }
 
     /// Verifies `seal` over a deliver job's fields.
@@ -222,8 +235,8 @@ struct CommandRow {
     operation: String,
     method: String,
     path: String,
-    params: sqlx::types::Json<Value>,
-    body: Option<sqlx::types::Json<Value>>,
+    params: String,
+    body: Option<String>,
     callback_url: String,
     idempotency_key: Option<String>,
     seal: String,
@@ -273,8 +286,8 @@ pub async fn reseal_jobs(
             operation: &c.operation,
             method: &c.method,
             path: &c.path,
-            params: &c.params.0,
-            body: c.body.as_ref().map(|b| &b.0),
+            params: &c.params,
+            body: c.body.as_deref(),
             callback_url: &c.callback_url,
             idempotency_key: c.idempotency_key.as_deref(),
         };
@@ -339,8 +352,12 @@ struct Encoder(Vec<u8>);
 
 impl Encoder {
     fn new(kind: &str) -> Self {
+        Encoder::labelled(LABEL, kind)
+    }
+
+    fn labelled(label: &[u8], kind: &str) -> Self {
         let mut e = Encoder(Vec::with_capacity(512));
-        e.0.extend_from_slice(LABEL);
+        e.0.extend_from_slice(label);
         e.bytes(kind.as_bytes());
         e
     }
@@ -425,8 +442,30 @@ fn encode_execute(f: &ExecuteSeal<'_>) -> Vec<u8> {
     e.bytes(f.operation.as_bytes());
     e.bytes(f.method.as_bytes());
     e.bytes(f.path.as_bytes());
-    e.json(f.params);
-    match f.body {
+    e.bytes(f.params.as_bytes());
+    e.opt(f.body);
+    e.bytes(f.callback_url.as_bytes());
+    e.opt(f.idempotency_key);
+    e.0
+}
+
+/// The `v1` encoding (a parsed JSON tree), for seals written before JSON was
+/// kept as text; `None` when the stored text does not parse.
+fn encode_execute_legacy(f: &ExecuteSeal<'_>) -> Option<Vec<u8>> {
+    let params: Value = serde_json::from_str(f.params).ok()?;
+    let body: Option<Value> = match f.body {
+        None => None,
+        Some(b) => Some(serde_json::from_str(b).ok()?),
+    };
+    let mut e = Encoder::labelled(LEGACY_LABEL, "execute");
+    e.bytes(f.command_id.as_bytes());
+    e.bytes(f.client_id.as_bytes());
+    e.bytes(f.integration.as_bytes());
+    e.bytes(f.operation.as_bytes());
+    e.bytes(f.method.as_bytes());
+    e.bytes(f.path.as_bytes());
+    e.json(&params);
+    match &body {
         None => e.0.push(0),
         Some(b) => {
             e.0.push(1);
@@ -435,7 +474,7 @@ fn encode_execute(f: &ExecuteSeal<'_>) -> Vec<u8> {
     }
     e.bytes(f.callback_url.as_bytes());
     e.opt(f.idempotency_key);
-    e.0
+    Some(e.0)
 }
 
 fn encode_deliver(f: &DeliverSeal<'_>) -> Vec<u8> {
@@ -464,7 +503,7 @@ mod tests {
         JobSealer::from_keys(keys).expect("valid keys")
     }
 
-    fn execute<'a>(params: &'a Value, body: Option<&'a Value>) -> ExecuteSeal<'a> {
+    fn execute<'a>(params: &'a str, body: Option<&'a str>) -> ExecuteSeal<'a> {
         ExecuteSeal {
             command_id: Uuid::nil(),
             client_id: "acme",
@@ -482,13 +521,13 @@ mod tests {
     #[test]
     fn seals_verify_and_any_change_breaks_them() {
         let s = sealer(&[key("m1", 1)]);
-        let params = json!({"thing_id": "42"});
-        let body = json!({"a": [1, 2.5, "x"], "b": {"c": null}});
+        let params = json!({"thing_id": "42"}).to_string();
+        let body = json!({"a": [1, 2.5, "x"], "b": {"c": null}}).to_string();
         let f = execute(&params, Some(&body));
         let seal = s.seal_execute(&f);
         assert!(seal.starts_with("m1:"), "{seal}");
         assert_eq!(s.verify_execute(Some(&seal), &f), Ok(()));
-        let other_body = json!({"a": [1, 2.5, "y"], "b": {"c": null}});
+        let other_body = json!({"a": [1, 2.5, "y"], "b": {"c": null}}).to_string();
         for changed in [
             ExecuteSeal {
                 client_id: "beta",
@@ -545,27 +584,62 @@ mod tests {
     }
 
     #[test]
-    fn json_round_trip_through_jsonb_forms_verifies() {
-        // What jsonb gives back may differ in key order and number spelling.
+    fn the_seal_covers_the_exact_text() {
+        // Numbers that a float parser may not read back to the same f64, and
+        // ones no f64 holds: sealed and verified as text, they always match.
         let s = sealer(&[key("m1", 1)]);
-        let sent: Value =
-            serde_json::from_str(r#"{"b": 1e2, "a": {"y": -0.0, "x": 12000000000000000000000}}"#)
-                .expect("json");
-        let stored: Value =
-            serde_json::from_str(r#"{"a": {"x": 12000000000000000000000, "y": 0}, "b": 100}"#)
-                .expect("json");
-        let params = json!({});
-        let seal = s.seal_execute(&execute(&params, Some(&sent)));
+        let params = "{}";
+        for body in [
+            r#"{"x": -965.56748141547666, "y": 0.30000000000000004, "z": 1.2345678901234567e-7}"#,
+            r#"[1.7976931348623157e308, 2.5e-308, -0.0, 1e400, 123456789012345678901234567890]"#,
+        ] {
+            let seal = s.seal_execute(&execute(params, Some(body)));
+            assert_eq!(
+                s.verify_execute(Some(&seal), &execute(params, Some(body))),
+                Ok(())
+            );
+        }
+        // One byte apart is a different row, even where the numbers are equal.
+        let seal = s.seal_execute(&execute(params, Some("[1.0]")));
         assert_eq!(
-            s.verify_execute(Some(&seal), &execute(&params, Some(&stored))),
-            Ok(())
+            s.verify_execute(Some(&seal), &execute(params, Some("[1]"))),
+            Err(SealError::Mismatch)
         );
-        // Large integers are exact: one apart is a different value.
-        let a: Value = serde_json::from_str("9007199254740993").expect("json");
-        let b: Value = serde_json::from_str("9007199254740992").expect("json");
-        let seal = s.seal_execute(&execute(&params, Some(&a)));
         assert_eq!(
-            s.verify_execute(Some(&seal), &execute(&params, Some(&b))),
+            s.verify_execute(Some(&seal), &execute(params, Some("[1.0] "))),
+            Err(SealError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn seals_from_before_json_was_text_still_verify() {
+        // A v1 seal covered the parsed tree; the row read back from the
+        // migrated column is jsonb's spelling of the same value.
+        let s = sealer(&[key("m1", 1)]);
+        let params = r#"{"thing_id": "42"}"#;
+        let sent: Value = serde_json::from_str(r#"{"b": 1e2, "a": {"y": 1.5}}"#).expect("json");
+        let fields = execute(params, Some(r#"{"a": {"y": 1.5}, "b": 100}"#));
+        let mut e = Encoder::labelled(LEGACY_LABEL, "execute");
+        e.bytes(fields.command_id.as_bytes());
+        for f in [
+            fields.client_id,
+            fields.integration,
+            fields.operation,
+            fields.method,
+            fields.path,
+        ] {
+            e.bytes(f.as_bytes());
+        }
+        e.json(&serde_json::from_str(params).expect("json"));
+        e.0.push(1);
+        e.json(&sent);
+        e.bytes(fields.callback_url.as_bytes());
+        e.opt(fields.idempotency_key);
+        let legacy = s.seal(&e.0);
+        assert_eq!(s.verify_execute(Some(&legacy), &fields), Ok(()));
+        let altered = execute(params, Some(r#"{"a": {"y": 1.5}, "b": 101}"#));
+        assert_eq!(
+            s.verify_execute(Some(&legacy), &altered),
             Err(SealError::Mismatch)
         );
     }

@@ -17,13 +17,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::batch::{with_single_fallback, Batcher};
+use crate::domain::JsonText;
 use crate::error::ApiError;
 use crate::seal::{ExecuteSeal, JobSealer};
 
@@ -42,10 +41,10 @@ pub struct NewCommand {
     pub method: String,
     /// Path filled and encoded from params.
     pub path: String,
-    /// Params as sent.
-    pub params: Value,
-    /// Body as sent.
-    pub body: Option<Value>,
+    /// Params, the exact JSON text sent (`{}` when absent).
+    pub params: JsonText,
+    /// Body, the exact JSON text sent.
+    pub body: Option<JsonText>,
     /// Checked callback URL.
     pub callback_url: String,
     /// Checked idempotency key.
@@ -184,8 +183,8 @@ async fn insert_once(
                 operation: &c.operation,
                 method: &c.method,
                 path: &c.path,
-                params: &c.params,
-                body: c.body.as_ref(),
+                params: c.params.as_str(),
+                body: c.body.as_ref().map(JsonText::as_str),
                 callback_url: &c.callback_url,
                 idempotency_key: c.idempotency_key.as_deref(),
             })
@@ -196,7 +195,7 @@ async fn insert_once(
         r#"
         WITH input AS (
             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::jsonb[], $8::jsonb[], $9::text[], $10::text[],
+                                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                                  $11::bytea[], $12::text[])
                 AS t(id, client_id, integration, operation, method, path, params, body,
                      callback_url, idempotency_key, request_hash, seal)
@@ -235,11 +234,11 @@ async fn insert_once(
     )
     .bind(sorted.iter().map(|c| c.method.as_str()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>())
-    .bind(sorted.iter().map(|c| Json(&c.params)).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|c| c.params.as_str()).collect::<Vec<_>>())
     .bind(
         sorted
             .iter()
-            .map(|c| c.body.as_ref().map(Json))
+            .map(|c| c.body.as_ref().map(JsonText::as_str))
             .collect::<Vec<_>>(),
     )
     .bind(

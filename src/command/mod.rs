@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::config::Settings;
-use crate::domain::{CallbackUrl, IdempotencyKey};
+use crate::domain::{CallbackUrl, IdempotencyKey, JsonText};
 use crate::error::{ApiError, Problem};
 use crate::integration::PathTemplate;
 use crate::query::{self, StatusDocument};
@@ -41,14 +41,16 @@ pub struct CommandRequest {
     /// One of its operations (`[integrations.NAME.operations.OP]`).
     pub operation: String,
     /// Values for the operation's `{name}` path placeholders (strings, numbers
-    /// or booleans); URL-encoded into the path.
+    /// or booleans); URL-encoded into the path. A JSON object; kept as the
+    /// exact text sent.
     #[serde(default)]
     #[schema(value_type = Object)]
-    pub params: Option<serde_json::Map<String, Value>>,
-    /// JSON body sent upstream as is.
+    pub params: Option<JsonText>,
+    /// JSON body sent upstream as is: the exact text of this field, byte for
+    /// byte (numbers are never re-formatted).
     #[serde(default)]
     #[schema(value_type = Object)]
-    pub body: Option<Value>,
+    pub body: Option<JsonText>,
     /// Where the signed result webhook is sent (http or https).
     pub callback_url: String,
 }
@@ -358,7 +360,11 @@ fn validate(
             )
         })?;
     principal.require(&crate::authz::operation_roles(operation))?;
-    let params = request.params.unwrap_or_default();
+    let params_text = request
+        .params
+        .unwrap_or_else(|| JsonText::from_value(&Value::Object(serde_json::Map::new())));
+    let params: serde_json::Map<String, Value> = serde_json::from_str(params_text.as_str())
+        .map_err(|e| ApiError::validation("params", format!("must be a JSON object: {e}")))?;
     check_params_size(&params, &settings.commands)?;
     let template = PathTemplate::parse(&operation.path)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("operation path became invalid: {e}")))?;
@@ -373,14 +379,23 @@ fn validate(
     .map_err(|m| ApiError::validation("callback_url", m))?;
     let params = Value::Object(params);
     reject_nul("params", &params)?;
-    if let Some(body) = &request.body {
-        reject_nul("body", body)?;
-    }
+    // The body is stored and sent as the exact text received; only the
+    // idempotency hash looks inside it (key order must not matter there). A
+    // body serde_json cannot hold as a value (a number beyond f64, such as
+    // `1e400`) is hashed by its text.
+    let (body_value, body_text) = match &request.body {
+        None => (None, None),
+        Some(b) => match serde_json::from_str::<Value>(b.as_str()) {
+            Ok(v) => (Some(v), None),
+            Err(_) => (None, Some(b.as_str())),
+        },
+    };
     let canonical = canonical_json(&serde_json::json!({
         "integration": request.integration,
         "operation": request.operation,
         "params": params,
-        "body": request.body,
+        "body": body_value,
+        "body_text": body_text,
         "callback_url": callback.as_str(),
     }));
     Ok(NewCommand {
@@ -390,7 +405,7 @@ fn validate(
         operation: request.operation,
         method: operation.method.as_str().to_owned(),
         path,
-        params,
+        params: params_text,
         body: request.body,
         callback_url: callback.as_str().to_owned(),
         idempotency_key: idempotency_key.map(|k| k.as_str().to_owned()),
@@ -425,8 +440,9 @@ fn check_params_size(
     Ok(())
 }
 
-/// Postgres `jsonb` cannot store U+0000; refuse it with the field's path
-/// instead of failing the insert.
+/// Params fill the request path, where U+0000 has no place; refuse it with
+/// the field's path. (The body is kept as text, so `\u0000` in it is stored
+/// and sent as sent.)
 fn reject_nul(path: &str, value: &Value) -> Result<(), ApiError> {
     let bad = |p: &str| ApiError::validation(p, "must not contain the NUL character (\\u0000)");
     match value {

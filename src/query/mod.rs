@@ -28,7 +28,6 @@ use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use sqlx::types::Json;
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -298,7 +297,8 @@ struct StatusRow {
     operation: String,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
-    result: Option<Json<UpstreamResult>>,
+    /// `commands.result`, the stored text ([`UpstreamResult::to_text`]).
+    result: Option<String>,
     callback_url: String,
     delivery_id: Option<Uuid>,
     delivery_status: Option<String>,
@@ -314,7 +314,7 @@ impl StatusRow {
             operation: self.operation,
             created_at: self.created_at,
             updated_at: self.updated_at,
-            result: self.result.map(|r| r.0),
+            result: self.result.as_deref().map(UpstreamResult::from_text),
             callback: CallbackState {
                 url: self.callback_url,
                 status: self

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use hookrelay::domain::CommandStatus;
+use hookrelay::domain::JsonText;
 use hookrelay::integration::UpstreamResult;
 use hookrelay::outbox;
 use hookrelay::startup::{Application, ServeRole};
@@ -63,7 +64,7 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
     // The dead worker wakes up and tries to record its own outcome: refused.
     let stale = UpstreamResult {
         status_code: Some(500),
-        body: json!("stale"),
+        body: JsonText::string("stale"),
         truncated: false,
         error: None,
         fallback: false,
@@ -163,7 +164,7 @@ async fn a_stale_and_a_current_outcome_in_one_batch_apply_only_the_current() {
         status,
         result: UpstreamResult {
             status_code: Some(code),
-            body: json!({"code": code}),
+            body: JsonText::from_value(&json!({"code": code})),
             truncated: false,
             error: None,
             fallback: false,

@@ -15,7 +15,7 @@ use crate::helpers::{settled, spawn_with_settings, test_settings, Echo, TestApp}
 
 /// An API-only app (commands are accepted, nothing runs them) and the
 /// settings to start a worker on the same database later.
-async fn api_only(customize: impl FnOnce(&mut hookrelay::config::Settings)) -> TestApp {
+pub(crate) async fn api_only(customize: impl FnOnce(&mut hookrelay::config::Settings)) -> TestApp {
     let upstream = MockServer::start().await;
     let mut settings = test_settings(&upstream.uri());
     customize(&mut settings);
@@ -23,7 +23,9 @@ async fn api_only(customize: impl FnOnce(&mut hookrelay::config::Settings)) -> T
 }
 
 /// Starts a worker process on the app's database; cancel the token to stop it.
-async fn start_worker(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+pub(crate) async fn start_worker(
+    app: &TestApp,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let worker = Application::build(app.settings.clone(), ServeRole::Worker)
         .await
         .expect("worker");

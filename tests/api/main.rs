@@ -14,6 +14,7 @@ mod helpers;
 mod integrity;
 mod maintenance;
 mod metrics;
+mod numbers;
 mod operations;
 mod pipeline;
 mod processes;
