@@ -506,14 +506,12 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     if attempt <= 1 {
         ctx.retry_budget.deposit();
     }
-    let command_id = job.command_id.to_string();
     let request = UpstreamRequest {
         command_id: job.command_id,
         operation: &job.operation,
         method: &job.method,
         path: &job.path,
         body: job.body.as_ref().map(|b| &b.0),
-        idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
     let called = integration.call(&request).await;
     policy.record_call(
@@ -612,14 +610,12 @@ async fn run_fallback(
     let Admission::Go(ticket) = policy.admit().await else {
         return defer(ctx, job, remaining).await;
     };
-    let command_id = job.command_id.to_string();
     let request = UpstreamRequest {
         command_id: job.command_id,
         operation: op_name,
         method: op.method.as_str(),
         path: &path,
         body: job.body.as_ref().map(|b| &b.0),
-        idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
     let called = target.call(&request).await;
     policy.record_call(
