@@ -1,0 +1,170 @@
+//! Durability of the dispatch path against a misbehaving database connection
+//! and a shutdown: outcome writes that fail, a worker stopped mid-call, and
+//! intake commits whose answer is lost.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hookrelay::startup::ServeRole;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wiremock::MockServer;
+
+use crate::helpers::{pg_base, spawn_with_settings, test_settings};
+
+/// What the fault-injecting proxy does to the next `COMMIT` answer.
+const PASS: u8 = 0;
+/// Close the connection instead of passing the answer on (it is lost).
+const DROP_ANSWER: u8 = 1;
+/// Replace the answer with bytes that are no protocol message.
+const GARBLE_ANSWER: u8 = 2;
+
+/// A TCP proxy in front of the test Postgres that, when armed, lets one
+/// `COMMIT` reach the server (so it commits) and loses or garbles its answer,
+/// as a connection reset or a faulty middlebox would.
+struct CommitProxy {
+    port: u16,
+    mode: Arc<AtomicU8>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl CommitProxy {
+    async fn start() -> CommitProxy {
+        let target = url::Url::parse(&pg_base()).expect("pg url");
+        let target = format!(
+            "{}:{}",
+            target.host_str().unwrap_or("127.0.0.1"),
+            target.port().unwrap_or(5432)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (m, h) = (mode.clone(), hits.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                tokio::spawn(pipe(client, server, m.clone(), h.clone()));
+            }
+        });
+        CommitProxy { port, mode, hits }
+    }
+
+    fn arm(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+/// `CommandComplete("COMMIT")` as Postgres sends it.
+const COMMIT_COMPLETE: &[u8] = b"C\0\0\0\x0bCOMMIT\0";
+
+async fn pipe(client: TcpStream, server: TcpStream, mode: Arc<AtomicU8>, hits: Arc<AtomicUsize>) {
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = server.into_split();
+    let upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match server_rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        let at = chunk
+            .windows(COMMIT_COMPLETE.len())
+            .position(|w| w == COMMIT_COMPLETE);
+        if let Some(at) = at {
+            let armed = mode.swap(PASS, Ordering::SeqCst);
+            if armed != PASS {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let _ = client_tx.write_all(&chunk[..at]).await;
+                if armed == GARBLE_ANSWER {
+                    let _ = client_tx.write_all(b"!\0\0\0\x04").await;
+                }
+                let _ = client_tx.shutdown().await;
+                break;
+            }
+        }
+        if client_tx.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    upstream.abort();
+}
+
+/// An API process whose database connections go through `proxy`; intake
+/// batches gather for 300 ms on one writer, so concurrent posts share one.
+async fn api_behind(proxy: &CommitProxy) -> crate::helpers::TestApp {
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    let db = format!("hookrelay_test_{}", uuid::Uuid::new_v4().simple());
+    settings.database.url =
+        secrecy::SecretString::from(format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port));
+    settings.commands.intake_writers = 1;
+    settings.commands.intake_batch_window_ms = 300;
+    spawn_with_settings(settings, upstream, ServeRole::Api).await
+}
+
+/// Posts `n` commands at once (no idempotency key: a client that gets an
+/// error can only send the command again, as a new one).
+async fn post_together(app: &crate::helpers::TestApp, token: &str, n: usize) -> Vec<(u16, Value)> {
+    let posts = (0..n).map(|i| async move {
+        let resp = app
+            .post_command(token, &app.command(&i.to_string(), json!({"n": i})), None)
+            .await;
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    });
+    futures_util::future::join_all(posts).await
+}
+
+/// An intake batch commits, but the answer to its `COMMIT` arrives garbled,
+/// so the batch fails and is retried row by row; each row then meets its own
+/// committed row. Every command is committed, so every request gets its 202
+/// (an error would make the client send it again: a duplicate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_commands_of_a_batch_retried_row_by_row_get_their_202() {
+    let proxy = CommitProxy::start().await;
+    let app = api_behind(&proxy).await;
+    let token = app.trusted_client("acme").await;
+    proxy.arm(GARBLE_ANSWER);
+    let answers = post_together(&app, &token, 3).await;
+    assert_eq!(
+        proxy.hits.load(Ordering::SeqCst),
+        1,
+        "one COMMIT answer garbled"
+    );
+    for (status, doc) in &answers {
+        assert_eq!(*status, 202, "a committed command is accepted: {doc}");
+        let id = doc["id"].as_str().expect("id");
+        assert_eq!(app.status(&token, id).await["id"], id);
+    }
+    assert_eq!(app.count("commands").await, 3);
+    assert_eq!(app.count("jobs WHERE kind = 'execute'").await, 3);
+}
+
+/// An intake commit succeeds but its answer is lost (the connection drops):
+/// the command is durable, so its request gets 202, not a 503 that a client
+/// without an idempotency key would answer by sending it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_commit_answer_was_lost_gets_its_202() {
+    let proxy = CommitProxy::start().await;
+    let app = api_behind(&proxy).await;
+    let token = app.trusted_client("acme").await;
+    proxy.arm(DROP_ANSWER);
+    let answers = post_together(&app, &token, 1).await;
+    assert_eq!(
+        proxy.hits.load(Ordering::SeqCst),
+        1,
+        "one COMMIT answer lost"
+    );
+    let (status, doc) = &answers[0];
+    assert_eq!(*status, 202, "{doc}");
+    let id = doc["id"].as_str().expect("id");
+    assert_eq!(app.status(&token, id).await["status"], "accepted");
+    assert_eq!(app.count("commands").await, 1);
+}
