@@ -318,8 +318,9 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
     }
 }
 
-/// Runs one claimed job. Database errors are logged; the lease then expires and
-/// the job runs again (at-least-once).
+/// Runs one claimed job. Outcome writes are retried while the lease is held
+/// (see [`record`]); other database errors are logged, and the lease then
+/// expires and the job runs again (at-least-once).
 #[tracing::instrument(
     name = "job",
     skip_all,
@@ -410,13 +411,52 @@ async fn quarantine(
     Ok(done)
 }
 
+/// First wait before writing a failed outcome again; doubled per failure up
+/// to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of an outcome write.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Tries of an outcome write that failed for a reason other than the database
+/// being unavailable (`batch::is_transient`), which retrying rarely fixes.
+const RECORD_TRIES_NON_TRANSIENT: u32 = 3;
+
 /// Queues an outcome with the group writer and waits for its commit, marking
 /// the job as recording meanwhile (see [`DispatchContext::recording`]).
+///
+/// The outcome is the only record that the call happened: if it is not
+/// written, the lease runs out and another claim repeats the call. So a
+/// failed write is tried again with backoff (50 ms doubling to 2 s) for as
+/// long as this worker holds the lease: the job task renews it meanwhile and
+/// drops this future once the lease turns out to be someone else's (or the
+/// shutdown grace is over). Every try is matched by lease token, so a late
+/// try never overwrites a new owner's work, and a try whose commit succeeded
+/// but whose answer was lost finds the job gone and returns `Ok(false)`.
+/// Each try is its own item of the group writer, so a retrying job never
+/// holds back other jobs' outcomes. A failure other than the database being
+/// unavailable is tried [`RECORD_TRIES_NON_TRANSIENT`] times, then returned.
 async fn record(ctx: &DispatchContext, job_id: i64, outcome: Outcome) -> sqlx::Result<bool> {
     if let Ok(mut r) = ctx.recording.lock() {
         r.insert(job_id);
     }
-    let done = ctx.outcomes.record(outcome).await;
+    let mut delay = RECORD_RETRY_FIRST;
+    let mut non_transient = 0;
+    let done = loop {
+        match ctx.outcomes.record(outcome.clone()).await {
+            Ok(done) => break Ok(done),
+            Err(e) => {
+                if !crate::batch::is_transient(&e) {
+                    non_transient += 1;
+                    if non_transient >= RECORD_TRIES_NON_TRANSIENT {
+                        break Err(e);
+                    }
+                }
+                tracing::warn!(job_id, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "recording the job outcome failed; retrying while the lease is held");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECORD_RETRY_MAX);
+            }
+        }
+    };
     if let Ok(mut r) = ctx.recording.lock() {
         r.remove(&job_id);
     }

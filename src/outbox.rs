@@ -473,12 +473,13 @@ impl Outcomes {
     /// `Ok(false)` lease lost (nothing written).
     ///
     /// # Errors
-    /// Database errors, or `PoolClosed` when the writers are gone.
+    /// Database errors, or `WorkerCrashed` when the writers are gone (not a
+    /// database outage: trying again cannot help).
     pub async fn record(&self, outcome: Outcome) -> sqlx::Result<bool> {
         self.0
             .submit(outcome)
             .await
-            .unwrap_or(Err(sqlx::Error::PoolClosed))
+            .unwrap_or(Err(sqlx::Error::WorkerCrashed))
     }
 }
 

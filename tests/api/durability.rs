@@ -2,16 +2,122 @@
 //! and a shutdown: outcome writes that fail, a worker stopped mid-call, and
 //! intake commits whose answer is lost.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hookrelay::startup::ServeRole;
 use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wiremock::MockServer;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer};
 
-use crate::helpers::{pg_base, spawn_with_settings, test_settings};
+use crate::helpers::{pg_base, settled, spawn_with_settings, test_settings, Echo};
+
+/// Upstream calls per `Idempotency-Key` (the command id).
+async fn calls_per_key(upstream: &MockServer) -> HashMap<String, usize> {
+    let mut calls = HashMap::new();
+    for r in upstream.received_requests().await.unwrap_or_default() {
+        let key = r
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        *calls.entry(key).or_default() += 1;
+    }
+    calls
+}
+
+/// Outcome writes fail while the worker holds its leases: the Postgres
+/// backends writing them are terminated (`pg_terminate_backend`) for three
+/// seconds. The writes are retried, so every upstream operation is called
+/// exactly once and every command still succeeds with a verified callback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_outcome_writes_are_retried_without_calling_the_vendor_again() {
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    // Short lease and poll: without the retry, a job whose outcome write
+    // failed would be claimed and called again within the test.
+    settings.dispatcher.lease_s = 3;
+    settings.dispatcher.poll_interval_ms = 200;
+    let app = spawn_with_settings(settings.clone(), upstream, ServeRole::All).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200).delayed(Duration::from_millis(300)))
+        .mount(&app.upstream)
+        .await;
+    let token = app.trusted_client("acme").await;
+
+    use secrecy::ExposeSecret;
+    let url = settings.database.url.expose_secret().to_owned();
+    // While this transaction holds a SHARE lock on `deliveries`, an outcome
+    // write (which creates the delivery) waits; the killer then terminates the
+    // waiting backend, which is what a connection reset looks like to the
+    // writer. Claims, renewals and intake do not touch `deliveries` rows.
+    let mut locker = PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE deliveries IN SHARE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.post_command_id(&token, &app.command(&i.to_string(), json!({"n": i})), None)
+                .await,
+        );
+    }
+
+    let mut killer = PgConnection::connect(&url).await.expect("connect");
+    let mut killed = 0usize;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO deliveries%'",
+        )
+        .fetch_one(&mut killer)
+        .await
+        .expect("terminate");
+        killed += usize::try_from(n).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    assert!(killed >= 1, "the test terminated no outcome write");
+
+    for id in &ids {
+        let doc = app
+            .wait_status(&token, id, Duration::from_secs(20), settled)
+            .await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        assert_eq!(doc["callback"]["status"], "delivered", "{doc}");
+    }
+    // Longer than a lease: a job whose outcome was dropped would be re-run now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let calls = calls_per_key(&app.upstream).await;
+    for id in &ids {
+        assert_eq!(
+            calls.get(id),
+            Some(&1),
+            "each operation is called exactly once: {calls:?}"
+        );
+    }
+    assert_eq!(calls.len(), ids.len(), "{calls:?}");
+    let received = app.receiver.received();
+    assert_eq!(received.len(), ids.len(), "one callback per command");
+    assert!(received.iter().all(|r| r.verified));
+}
 
 /// What the fault-injecting proxy does to the next `COMMIT` answer.
 const PASS: u8 = 0;
