@@ -8,7 +8,9 @@
 //!
 //! On cancellation (SIGTERM) it stops claiming, lets in-flight jobs finish for
 //! `dispatcher.shutdown_grace_s`, then aborts the rest and releases their
-//! leases so another worker picks them up at once.
+//! leases. An aborted call may still be running at the other end, so a
+//! released job becomes claimable only once that call's timeout could have
+//! passed (see `release_hold`); another worker then repeats it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,7 +71,9 @@ pub struct DispatchContext {
 /// The outbox dispatcher of one worker process.
 pub struct Dispatcher {
     ctx: Arc<DispatchContext>,
-    in_flight: Arc<Mutex<HashMap<i64, Uuid>>>,
+    /// Running jobs: lease token and how long to hold the job back if it is
+    /// released at shutdown ([`release_hold`]).
+    in_flight: Arc<Mutex<HashMap<i64, (Uuid, Duration)>>>,
 }
 
 impl Dispatcher {
@@ -166,13 +170,13 @@ impl Dispatcher {
                 .lock()
                 .map(|r| r.clone())
                 .unwrap_or_default();
-            let held: Vec<(i64, Uuid)> = self
+            let held: Vec<(i64, Uuid, Duration)> = self
                 .in_flight
                 .lock()
                 .map(|m| {
                     m.iter()
                         .filter(|(k, _)| !recording.contains(k))
-                        .map(|(k, v)| (*k, *v))
+                        .map(|(k, (token, hold))| (*k, *token, *hold))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -190,8 +194,9 @@ impl Dispatcher {
     }
 
     fn spawn_job(&self, tasks: &mut JoinSet<()>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+        let hold = release_hold(&self.ctx, &job);
         if let Ok(mut m) = self.in_flight.lock() {
-            m.insert(job.id, job.lease_token);
+            m.insert(job.id, (job.lease_token, hold));
         }
         let ctx = self.ctx.clone();
         let in_flight = self.in_flight.clone();
@@ -209,6 +214,31 @@ impl Dispatcher {
             }
             drop(permit);
         });
+    }
+}
+
+/// How long a job released at shutdown stays unclaimable: the longest call
+/// it may have had in flight when it was aborted — its integration's
+/// `timeout_ms` (or its fallback integration's, if longer) for an execute
+/// job, `delivery.timeout_ms` for a deliver job. Until then the vendor or
+/// receiver may still be working on the aborted call, and repeating it at
+/// once would run it twice concurrently.
+fn release_hold(ctx: &DispatchContext, job: &ClaimedJob) -> Duration {
+    match job.kind.as_str() {
+        "execute" => {
+            let Some(integration) = ctx.integrations.get(&job.integration) else {
+                return Duration::ZERO;
+            };
+            let fallback = integration
+                .operation(&job.operation)
+                .and_then(|op| op.fallback.as_ref())
+                .and_then(|fb| fb.integration.as_deref())
+                .and_then(|name| ctx.integrations.get(name))
+                .map_or(0, |fb| fb.settings.timeout_ms);
+            Duration::from_millis(integration.settings.timeout_ms.max(fallback))
+        }
+        "deliver" => Duration::from_millis(ctx.settings.delivery.timeout_ms),
+        _ => Duration::ZERO,
     }
 }
 

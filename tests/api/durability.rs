@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hookrelay::startup::ServeRole;
+use hookrelay::startup::{Application, ServeRole};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,6 +117,88 @@ async fn failed_outcome_writes_are_retried_without_calling_the_vendor_again() {
     let received = app.receiver.received();
     assert_eq!(received.len(), ids.len(), "one callback per command");
     assert!(received.iter().all(|r| r.verified));
+}
+
+/// A worker stopped while its upstream call is still running aborts the call
+/// after `dispatcher.shutdown_grace_s`; another worker must not repeat it
+/// before the call's timeout could have passed (the vendor may still be
+/// processing it), and does repeat it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_aborted_at_shutdown_is_repeated_only_after_its_timeout() {
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    settings.dispatcher.shutdown_grace_s = 1;
+    settings.dispatcher.poll_interval_ms = 200;
+    settings
+        .integrations
+        .get_mut("httpbin")
+        .expect("httpbin")
+        .timeout_ms = 4_000;
+    // The first call outlasts the grace; the repeat answers at once.
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200).delayed(Duration::from_secs(3)))
+        .up_to_n_times(1)
+        .mount(&upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&upstream)
+        .await;
+    let app = spawn_with_settings(settings.clone(), upstream, ServeRole::All).await;
+    let token = app.trusted_client("acme").await;
+    let id = app
+        .post_command_id(&token, &app.command("slow", json!({})), None)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls_per_key(&app.upstream).await.is_empty() {
+        assert!(Instant::now() < deadline, "the upstream was never called");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Stop the first process; a second worker is ready to take over.
+    let stopped = Instant::now();
+    app.shutdown.cancel();
+    let other = Application::build(settings.clone(), ServeRole::Worker)
+        .await
+        .expect("worker");
+    let other_stop = other.shutdown_token();
+    let other_task = tokio::spawn(other.run_until_stopped());
+
+    // The release happens at ~1 s (the grace); the call may run until ~4 s
+    // after its start. At 3.5 s nobody may have called the vendor again.
+    tokio::time::sleep(Duration::from_millis(3_500).saturating_sub(stopped.elapsed())).await;
+    let calls = calls_per_key(&app.upstream).await;
+    assert_eq!(
+        calls.get(&id),
+        Some(&1),
+        "repeated while the first call could still be running: {calls:?}"
+    );
+
+    // Afterwards the other worker runs it (at-least-once) and calls back.
+    use secrecy::ExposeSecret;
+    let mut db = PgConnection::connect(settings.database.url.expose_secret())
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, callback): (String, Option<String>) = sqlx::query_as(
+            "SELECT c.status, d.status FROM commands c LEFT JOIN deliveries d ON d.command_id = c.id",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("status");
+        if status == "succeeded" && callback.as_deref() == Some("delivered") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished: {status} {callback:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(calls_per_key(&app.upstream).await.get(&id), Some(&2));
+    other_stop.cancel();
+    other_task.await.expect("join").expect("clean stop");
 }
 
 /// What the fault-injecting proxy does to the next `COMMIT` answer.
