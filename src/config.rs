@@ -1109,6 +1109,35 @@ impl Settings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.dispatcher.shutdown_grace_s)
     }
+
+    /// Warnings for a worker to log at start: one per call timeout
+    /// (`integrations.NAME.timeout_ms`, `delivery.timeout_ms`) longer than
+    /// `dispatcher.shutdown_grace_s`, naming both keys. Such a call can still
+    /// be running when a shutdown aborts it; its job is then held back for
+    /// that timeout before another worker may repeat it, so a rolling restart
+    /// delays those commands (or callbacks) by up to the timeout.
+    pub fn shutdown_warnings(&self) -> Vec<String> {
+        let grace_ms = self.dispatcher.shutdown_grace_s.saturating_mul(1000);
+        let grace = self.dispatcher.shutdown_grace_s;
+        let warn = |key: String, timeout_ms: u64| {
+            format!(
+                "{key} ({timeout_ms} ms) exceeds dispatcher.shutdown_grace_s ({grace} s): a call \
+                 still running at shutdown is aborted, and its job waits {timeout_ms} ms (the \
+                 timeout) before another worker repeats it. Raise dispatcher.shutdown_grace_s \
+                 or lower {key} so calls can finish during a shutdown"
+            )
+        };
+        let mut warnings: Vec<String> = self
+            .integrations
+            .iter()
+            .filter(|(_, i)| i.timeout_ms > grace_ms)
+            .map(|(name, i)| warn(format!("integrations.{name}.timeout_ms"), i.timeout_ms))
+            .collect();
+        if self.delivery.timeout_ms > grace_ms {
+            warnings.push(warn("delivery.timeout_ms".into(), self.delivery.timeout_ms));
+        }
+        warnings
+    }
 }
 
 impl Settings {

@@ -110,12 +110,29 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
 
 /// Opens a pool of `max` connections and checks that one connection works.
 ///
+/// Every connection runs `SET synchronous_commit = on` before the pool hands
+/// it out, so a server, database or role configured with
+/// `synchronous_commit = off` (or `local`) cannot turn a commit that
+/// hookrelay answers for — a 202, a recorded upstream outcome — into one a
+/// server crash loses (PostgreSQL docs, "Asynchronous Commit"). A session
+/// `SET` outranks `postgresql.conf`, `ALTER SYSTEM`, `ALTER DATABASE` and
+/// `ALTER ROLE` defaults.
+///
 /// # Errors
-/// [`DbError::Unreachable`] when the server cannot be reached.
+/// [`DbError::Unreachable`] when the server cannot be reached (or refuses
+/// the `SET`).
 pub async fn connect(url: &str, max: u32, acquire_timeout: Duration) -> Result<PgPool, DbError> {
     let pool = PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire_timeout)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::query("SET synchronous_commit = on")
+                    .execute(&mut *conn)
+                    .await
+                    .map(drop)
+            })
+        })
         .connect_with(options(url)?)
         .await
         .map_err(|e| DbError::Unreachable {

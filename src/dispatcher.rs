@@ -8,7 +8,9 @@
 //!
 //! On cancellation (SIGTERM) it stops claiming, lets in-flight jobs finish for
 //! `dispatcher.shutdown_grace_s`, then aborts the rest and releases their
-//! leases so another worker picks them up at once.
+//! leases. An aborted call may still be running at the other end, so a
+//! released job becomes claimable only once that call's timeout could have
+//! passed (see `release_hold`); another worker then repeats it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -69,7 +71,9 @@ pub struct DispatchContext {
 /// The outbox dispatcher of one worker process.
 pub struct Dispatcher {
     ctx: Arc<DispatchContext>,
-    in_flight: Arc<Mutex<HashMap<i64, Uuid>>>,
+    /// Running jobs: lease token and how long to hold the job back if it is
+    /// released at shutdown ([`release_hold`]).
+    in_flight: Arc<Mutex<HashMap<i64, (Uuid, Duration)>>>,
 }
 
 impl Dispatcher {
@@ -166,13 +170,13 @@ impl Dispatcher {
                 .lock()
                 .map(|r| r.clone())
                 .unwrap_or_default();
-            let held: Vec<(i64, Uuid)> = self
+            let held: Vec<(i64, Uuid, Duration)> = self
                 .in_flight
                 .lock()
                 .map(|m| {
                     m.iter()
                         .filter(|(k, _)| !recording.contains(k))
-                        .map(|(k, v)| (*k, *v))
+                        .map(|(k, (token, hold))| (*k, *token, *hold))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -190,8 +194,9 @@ impl Dispatcher {
     }
 
     fn spawn_job(&self, tasks: &mut JoinSet<()>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+        let hold = release_hold(&self.ctx, &job);
         if let Ok(mut m) = self.in_flight.lock() {
-            m.insert(job.id, job.lease_token);
+            m.insert(job.id, (job.lease_token, hold));
         }
         let ctx = self.ctx.clone();
         let in_flight = self.in_flight.clone();
@@ -209,6 +214,31 @@ impl Dispatcher {
             }
             drop(permit);
         });
+    }
+}
+
+/// How long a job released at shutdown stays unclaimable: the longest call
+/// it may have had in flight when it was aborted — its integration's
+/// `timeout_ms` (or its fallback integration's, if longer) for an execute
+/// job, `delivery.timeout_ms` for a deliver job. Until then the vendor or
+/// receiver may still be working on the aborted call, and repeating it at
+/// once would run it twice concurrently.
+fn release_hold(ctx: &DispatchContext, job: &ClaimedJob) -> Duration {
+    match job.kind.as_str() {
+        "execute" => {
+            let Some(integration) = ctx.integrations.get(&job.integration) else {
+                return Duration::ZERO;
+            };
+            let fallback = integration
+                .operation(&job.operation)
+                .and_then(|op| op.fallback.as_ref())
+                .and_then(|fb| fb.integration.as_deref())
+                .and_then(|name| ctx.integrations.get(name))
+                .map_or(0, |fb| fb.settings.timeout_ms);
+            Duration::from_millis(integration.settings.timeout_ms.max(fallback))
+        }
+        "deliver" => Duration::from_millis(ctx.settings.delivery.timeout_ms),
+        _ => Duration::ZERO,
     }
 }
 
@@ -318,8 +348,9 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
     }
 }
 
-/// Runs one claimed job. Database errors are logged; the lease then expires and
-/// the job runs again (at-least-once).
+/// Runs one claimed job. Outcome writes are retried while the lease is held
+/// (see [`record`]); other database errors are logged, and the lease then
+/// expires and the job runs again (at-least-once).
 #[tracing::instrument(
     name = "job",
     skip_all,
@@ -452,13 +483,52 @@ async fn fail_undecodable(
     .await
 }
 
+/// First wait before writing a failed outcome again; doubled per failure up
+/// to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest wait between two tries of an outcome write.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Tries of an outcome write that failed for a reason other than the database
+/// being unavailable (`batch::is_transient`), which retrying rarely fixes.
+const RECORD_TRIES_NON_TRANSIENT: u32 = 3;
+
 /// Queues an outcome with the group writer and waits for its commit, marking
 /// the job as recording meanwhile (see [`DispatchContext::recording`]).
+///
+/// The outcome is the only record that the call happened: if it is not
+/// written, the lease runs out and another claim repeats the call. So a
+/// failed write is tried again with backoff (50 ms doubling to 2 s) for as
+/// long as this worker holds the lease: the job task renews it meanwhile and
+/// drops this future once the lease turns out to be someone else's (or the
+/// shutdown grace is over). Every try is matched by lease token, so a late
+/// try never overwrites a new owner's work, and a try whose commit succeeded
+/// but whose answer was lost finds the job gone and returns `Ok(false)`.
+/// Each try is its own item of the group writer, so a retrying job never
+/// holds back other jobs' outcomes. A failure other than the database being
+/// unavailable is tried [`RECORD_TRIES_NON_TRANSIENT`] times, then returned.
 async fn record(ctx: &DispatchContext, job_id: i64, outcome: Outcome) -> sqlx::Result<bool> {
     if let Ok(mut r) = ctx.recording.lock() {
         r.insert(job_id);
     }
-    let done = ctx.outcomes.record(outcome).await;
+    let mut delay = RECORD_RETRY_FIRST;
+    let mut non_transient = 0;
+    let done = loop {
+        match ctx.outcomes.record(outcome.clone()).await {
+            Ok(done) => break Ok(done),
+            Err(e) => {
+                if !crate::batch::is_transient(&e) {
+                    non_transient += 1;
+                    if non_transient >= RECORD_TRIES_NON_TRANSIENT {
+                        break Err(e);
+                    }
+                }
+                tracing::warn!(job_id, error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "recording the job outcome failed; retrying while the lease is held");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RECORD_RETRY_MAX);
+            }
+        }
+    };
     if let Ok(mut r) = ctx.recording.lock() {
         r.remove(&job_id);
     }
@@ -536,14 +606,12 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     if attempt <= 1 {
         ctx.retry_budget.deposit();
     }
-    let command_id = job.command_id.to_string();
     let request = UpstreamRequest {
         command_id: job.command_id,
         operation: &job.operation,
         method: &job.method,
         path: &job.path,
         body: job.body.as_deref(),
-        idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
     let called = integration.call(&request).await;
     policy.record_call(
@@ -645,14 +713,12 @@ async fn run_fallback(
     let Admission::Go(ticket) = policy.admit().await else {
         return defer(ctx, job, remaining).await;
     };
-    let command_id = job.command_id.to_string();
     let request = UpstreamRequest {
         command_id: job.command_id,
         operation: op_name,
         method: op.method.as_str(),
         path: &path,
         body: job.body.as_deref(),
-        idempotency_key: job.idempotency_key.as_deref().unwrap_or(&command_id),
     };
     let called = target.call(&request).await;
     policy.record_call(

@@ -265,7 +265,17 @@ pub struct Integration {
 /// What to call: the parts of a command the upstream request is built from.
 #[derive(Debug, Clone)]
 pub struct UpstreamRequest<'a> {
-    /// Command id, for logs and as the idempotency key fallback.
+    /// Command id, for logs and as the upstream `Idempotency-Key`.
+    ///
+    /// Every upstream write carries `Idempotency-Key: <command id>` (the
+    /// hyphenated UUID), whether or not the client sent a key of its own. A
+    /// command id is unique per (client, client key) — intake's unique
+    /// constraint maps one such pair to one command — so two tenants that pick
+    /// the same key never share a key at a vendor (one vendor credential
+    /// serves every tenant), and it stays the same for every try, lease
+    /// takeover and re-run of the command, so a vendor that honours the key
+    /// (draft-ietf-httpapi-idempotency-key-header) de-duplicates our repeats.
+    /// The client's own key is never forwarded.
     pub command_id: Uuid,
     /// Operation name, for logs.
     pub operation: &'a str,
@@ -275,9 +285,6 @@ pub struct UpstreamRequest<'a> {
     pub path: &'a str,
     /// JSON body, if any: the client's exact text, sent as it is.
     pub body: Option<&'a str>,
-    /// Forwarded as `Idempotency-Key` so a vendor can de-duplicate our retries:
-    /// the client's key, or the command id.
-    pub idempotency_key: &'a str,
 }
 
 impl Integration {
@@ -357,7 +364,7 @@ impl Integration {
         let mut builder = self
             .client
             .request(method, &url)
-            .header("idempotency-key", req.idempotency_key);
+            .header("idempotency-key", req.command_id.to_string());
         if let Some((name, value)) = &self.credential {
             builder = builder.header(name.clone(), value.clone());
         }

@@ -583,12 +583,13 @@ impl Outcomes {
     /// `Ok(false)` lease lost (nothing written).
     ///
     /// # Errors
-    /// Database errors, or `PoolClosed` when the writers are gone.
+    /// Database errors, or `WorkerCrashed` when the writers are gone (not a
+    /// database outage: trying again cannot help).
     pub async fn record(&self, outcome: Outcome) -> sqlx::Result<bool> {
         self.0
             .submit(outcome)
             .await
-            .unwrap_or(Err(sqlx::Error::PoolClosed))
+            .unwrap_or(Err(sqlx::Error::WorkerCrashed))
     }
 }
 
@@ -825,23 +826,30 @@ pub async fn quarantine(pool: &PgPool, job: &ClaimedJob, why: &str) -> sqlx::Res
     Ok(done.is_some())
 }
 
-/// Releases leases (graceful shutdown): the jobs are ready again at once, and
-/// the interrupted claim does not count as an attempt.
+/// Releases leases (graceful shutdown) given as `(job id, lease token,
+/// hold)`: each job becomes ready again `hold` after now — the time its
+/// aborted call may still be running at the vendor or receiver — and the
+/// interrupted claim does not count as an attempt. A job whose lease is no
+/// longer this token's is left alone. Returns how many were released.
 ///
 /// # Errors
 /// Database errors.
-pub async fn release(pool: &PgPool, jobs: &[(i64, Uuid)]) -> sqlx::Result<u64> {
-    let (ids, tokens): (Vec<i64>, Vec<Uuid>) = jobs.iter().copied().unzip();
+pub async fn release(pool: &PgPool, jobs: &[(i64, Uuid, Duration)]) -> sqlx::Result<u64> {
+    let ids: Vec<i64> = jobs.iter().map(|j| j.0).collect();
+    let tokens: Vec<Uuid> = jobs.iter().map(|j| j.1).collect();
+    let holds: Vec<f64> = jobs.iter().map(|j| j.2.as_secs_f64()).collect();
     Ok(sqlx::query(
         r#"
-        UPDATE jobs SET run_at = now(), locked_until = NULL, lease_token = NULL,
+        UPDATE jobs SET run_at = now() + make_interval(secs => r.hold_s),
+                        locked_until = NULL, lease_token = NULL,
                         attempts = GREATEST(attempts - 1, 0)
-          FROM UNNEST($1::bigint[], $2::uuid[]) AS r(id, token)
+          FROM UNNEST($1::bigint[], $2::uuid[], $3::float8[]) AS r(id, token, hold_s)
          WHERE jobs.id = r.id AND jobs.lease_token = r.token
         "#,
     )
     .bind(&ids)
     .bind(&tokens)
+    .bind(&holds)
     .execute(pool)
     .await?
     .rows_affected())

@@ -107,6 +107,11 @@ impl Application {
                  Set your own before production use"
             );
         }
+        if role.worker() {
+            for warning in settings.shutdown_warnings() {
+                tracing::warn!("{warning}");
+            }
+        }
         // Before anything records: the recorder is process-global.
         let metrics = crate::metrics::install();
         let sealer = Arc::new(

@@ -6,7 +6,9 @@
 //! `intake_batch_window_ms` for more) and insert the commands and their `execute` jobs with one `UNNEST`
 //! statement in one transaction; only after the commit is every request in the
 //! batch answered. So a 202 always means the command is durable, and under load
-//! many commands share one commit (see `docs/performance.md`).
+//! many commands share one commit (see `docs/performance.md`). A request of a
+//! failed batch whose row committed after all (the commit's answer was lost)
+//! is still answered 202 (see `answer_committed`).
 //!
 //! Idempotency keys are resolved in the same transaction: the insert skips rows
 //! whose `(client_id, idempotency_key)` exists (`ON CONFLICT DO NOTHING`, which
@@ -91,7 +93,10 @@ impl Intake {
                 let pool = pool.clone();
                 let sealer = sealer.clone();
                 async move {
-                    with_single_fallback(&commands, |batch| insert(&pool, &sealer, batch)).await
+                    let results =
+                        with_single_fallback(&commands, |batch| insert(&pool, &sealer, batch))
+                            .await;
+                    answer_committed(&pool, &commands, results).await
                 }
             },
         );
@@ -111,6 +116,64 @@ impl Intake {
             .ok_or_else(|| ApiError::Unavailable("the service is shutting down".into()))?
             .map_err(ApiError::from)
     }
+}
+
+/// Gives every command whose own row is committed its own answer, `Created`,
+/// whatever the write path reported for it.
+///
+/// A write can fail after some of its rows committed: the commit succeeded
+/// but its answer was lost (connection reset, server restart), or
+/// [`insert`]'s second transaction failed after its first committed. The
+/// single-row retries of [`with_single_fallback`] then meet the command's own
+/// row: without an idempotency key they fail on the primary key, with one
+/// they find "an existing command" that is in fact this one. Answering either
+/// with an error (or as a replay) would make a client resend, and a resend
+/// without a key creates a duplicate. The command id is generated per request
+/// (UUIDv7), so a row with that id can only be this request's, written with
+/// its `execute` job in the same transaction: it gets 202. When the look-up
+/// itself fails (the database is still unreachable) the answers stay as they
+/// were.
+async fn answer_committed(
+    pool: &PgPool,
+    commands: &[NewCommand],
+    mut results: Vec<sqlx::Result<IntakeOutcome>>,
+) -> Vec<sqlx::Result<IntakeOutcome>> {
+    let unsure: Vec<Uuid> = commands
+        .iter()
+        .zip(&results)
+        .filter(|(c, r)| match r {
+            Err(_) => true,
+            Ok(IntakeOutcome::Existing(id)) => *id == c.id,
+            Ok(_) => false,
+        })
+        .map(|(c, _)| c.id)
+        .collect();
+    if unsure.is_empty() {
+        return results;
+    }
+    let found: Vec<Inserted> = match sqlx::query_as(
+        "SELECT id, created_at FROM commands WHERE id = ANY($1)",
+    )
+    .bind(&unsure)
+    .fetch_all(pool)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "checking which commands of a failed batch committed failed");
+            return results;
+        }
+    };
+    let found: HashMap<Uuid, chrono::DateTime<chrono::Utc>> =
+        found.into_iter().map(|r| (r.id, r.created_at)).collect();
+    for (command, result) in commands.iter().zip(results.iter_mut()) {
+        if let Some(created_at) = found.get(&command.id) {
+            *result = Ok(IntakeOutcome::Created {
+                created_at: *created_at,
+            });
+        }
+    }
+    results
 }
 
 #[derive(sqlx::FromRow)]

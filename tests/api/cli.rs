@@ -212,3 +212,47 @@ path = "/ping"
     assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A call timeout longer than the shutdown grace is logged at start as a
+/// warning naming both keys (before the database is even reached).
+#[test]
+fn a_call_timeout_longer_than_the_shutdown_grace_is_a_warning_at_start() {
+    let config = std::env::temp_dir().join(format!(
+        "hookrelay-cli-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(
+        &config,
+        r#"
+[security]
+allow_private_callbacks = true
+[dispatcher]
+shutdown_grace_s = 5
+[integrations.slowvendor]
+base_url = "http://127.0.0.1:9"
+timeout_ms = 30000
+[integrations.slowvendor.operations.ping]
+method = "POST"
+path = "/ping"
+"#,
+    )
+    .expect("write");
+    let out = hookrelay()
+        .args([
+            "--config",
+            config.to_str().expect("utf8"),
+            "serve",
+            "--role",
+            "worker",
+        ])
+        .env("DATABASE_URL", "postgres://app@127.0.0.1:1/hookrelay")
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("integrations.slowvendor.timeout_ms"))
+        .unwrap_or_else(|| panic!("no warning naming the timeout: {stderr}"));
+    assert!(warning.contains("dispatcher.shutdown_grace_s"), "{warning}");
+}

@@ -1,5 +1,5 @@
-//! Connecting to Postgres: a login limited to its own database, and no TLS
-//! to a loopback server unless configured.
+//! Connecting to Postgres: a login limited to its own database, no TLS to a
+//! loopback server unless configured, and commits flushed before answering.
 
 use std::time::Duration;
 
@@ -72,4 +72,49 @@ async fn loopback_connections_do_not_use_tls_unless_asked() {
             .await
             .expect("pg_stat_ssl");
     assert_eq!(ssl, Some(false));
+}
+
+/// A role tuned to `synchronous_commit = off` (here: for the application's
+/// own database only) cannot weaken the service's commits: every connection
+/// of the running service has `synchronous_commit = on`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synchronous_commit_stays_on_whatever_the_role_and_database_say() {
+    use secrecy::ExposeSecret;
+    use sqlx::Connection;
+    let upstream = wiremock::MockServer::start().await;
+    let settings = crate::helpers::test_settings(&upstream.uri());
+    let url = settings.database.url.expose_secret().to_owned();
+    hookrelay::db::ensure_database(&url)
+        .await
+        .expect("create database");
+    let db = url.rsplit('/').next().expect("database name").to_owned();
+    let pg = admin().await;
+    for sql in [
+        format!("ALTER DATABASE {db} SET synchronous_commit = off"),
+        format!("ALTER ROLE postgres IN DATABASE {db} SET synchronous_commit = off"),
+    ] {
+        sqlx::query(&sql).execute(&pg).await.expect(&sql);
+    }
+    // The tuning is in effect for a plain connection...
+    let mut plain = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let plain_setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut plain)
+        .await
+        .expect("show");
+    assert_eq!(plain_setting, "off", "the test's tuning applies");
+
+    // ...but not for the service's connections (all of them at once).
+    let app =
+        crate::helpers::spawn_with_settings(settings, upstream, hookrelay::startup::ServeRole::All)
+            .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = app.pool.acquire().await.expect("acquire");
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("show");
+        assert_eq!(setting, "on");
+        held.push(conn);
+    }
 }

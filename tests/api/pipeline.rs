@@ -136,8 +136,8 @@ async fn same_idempotency_key_same_body_is_one_command() {
         .await;
     assert_eq!(doc["status"], "succeeded");
     assert_eq!(
-        doc["result"]["body"]["idempotency_key"], "order-7",
-        "client key forwarded upstream"
+        doc["result"]["body"]["idempotency_key"], id,
+        "the command id, not the client's key, goes upstream"
     );
     assert_eq!(app.count("commands").await, 1);
     // Give a wrongly enqueued second job time to call the upstream before verifying expect(1).
@@ -173,6 +173,65 @@ async fn same_idempotency_key_other_body_is_409_and_keys_are_per_client() {
     let doc: Value = resp.json().await.expect("json");
     assert_ne!(doc["id"], first["id"]);
     assert_eq!(app.count("commands").await, 2);
+}
+
+/// Two tenants pick the same `Idempotency-Key` for the same integration: the
+/// vendor (one credential for both) must see two different keys, each stable
+/// across that command's retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_with_one_key_reach_the_vendor_with_distinct_stable_keys() {
+    let app = spawn_app().await;
+    // The first two calls fail retryably, so at least one command is retried.
+    Mock::given(method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    let acme = app.trusted_client("acme").await;
+    let globex = app.trusted_client("globex").await;
+    let body = app.command("42", json!({"order": 42}));
+    let acme_id = app.post_command_id(&acme, &body, Some("order-42")).await;
+    let globex_id = app.post_command_id(&globex, &body, Some("order-42")).await;
+    assert_ne!(acme_id, globex_id);
+    for (token, id) in [(&acme, &acme_id), (&globex, &globex_id)] {
+        let doc = app
+            .wait_status(token, id, Duration::from_secs(15), settled)
+            .await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        assert_eq!(doc["result"]["body"]["idempotency_key"], id.as_str());
+    }
+
+    let keys: Vec<String> = app
+        .upstream
+        .received_requests()
+        .await
+        .expect("requests recorded")
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .expect("every upstream call carries an Idempotency-Key")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        4,
+        "two failed tries and two successes: {keys:?}"
+    );
+    assert!(
+        keys.iter().all(|k| *k == acme_id || *k == globex_id),
+        "each call carries its command's id, never the client's key: {keys:?}"
+    );
+    assert!(
+        keys.contains(&acme_id) && keys.contains(&globex_id),
+        "{keys:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
