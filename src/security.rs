@@ -361,14 +361,23 @@ async fn lock_client_secrets(
     Ok(())
 }
 
-/// The client's active sealed secrets, newest first.
+/// Most signing secrets that sign one callback: the current one and, during
+/// its rotation grace, the one before it ([`rotate_signing_secret`]).
+pub const MAX_SIGNING_SECRETS: usize = 2;
+
+/// The client's active sealed secrets, newest first: at most
+/// [`MAX_SIGNING_SECRETS`], even if older rows are still in the table (rows
+/// written before rotation retired them at once), so the
+/// `webhook-signature` header stays small.
 async fn active_sealed(pool: &sqlx::PgPool, client_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar::<_, String>(
         "SELECT secret FROM signing_secrets
           WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > now())
-          ORDER BY created_at DESC",
+          ORDER BY created_at DESC
+          LIMIT $2",
     )
     .bind(client_id)
+    .bind(MAX_SIGNING_SECRETS as i64)
     .fetch_all(pool)
     .await
 }
@@ -419,11 +428,15 @@ pub struct Rotation {
     pub previous_expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Rotates the client's signing secret in one transaction: the current secret
-/// (if any) gets `expires_at = now + grace` and keeps signing until then, a new
-/// current secret is inserted, and secrets that have already expired are
-/// deleted (they never sign again). Concurrent rotations of one client are
-/// serialised by a per-client advisory lock.
+/// Rotates the client's signing secret in one transaction: every previous
+/// secret is deleted — expired or still in its grace — so it never signs
+/// again; the current secret (if any) gets `expires_at = now + grace` and
+/// keeps signing until then; a new current secret is inserted. So at most two
+/// secrets ever sign ([`MAX_SIGNING_SECRETS`]): the current one and the one
+/// before it, during its grace. Rotating twice in a row therefore revokes a
+/// leaked secret at once. Concurrent rotations of one client are serialised
+/// by a per-client advisory lock. (The rotation rate limit is applied by the
+/// HTTP handler, [`crate::limits::Guard::admit_rotation`].)
 ///
 /// # Errors
 /// Database errors (nothing is changed then); sealing failed.
@@ -437,7 +450,9 @@ pub async fn rotate_signing_secret(
     let sealed = sealer.seal(client_id, &secret)?;
     let mut tx = pool.begin().await?;
     lock_client_secrets(&mut tx, client_id).await?;
-    sqlx::query("DELETE FROM signing_secrets WHERE client_id = $1 AND expires_at <= now()")
+    // The secret rotated out last time stops signing now, even within its
+    // grace: only the current one and the one it replaces may sign.
+    sqlx::query("DELETE FROM signing_secrets WHERE client_id = $1 AND expires_at IS NOT NULL")
         .bind(client_id)
         .execute(&mut *tx)
         .await?;

@@ -214,8 +214,11 @@ pub async fn get_signing_secret(
 ///
 /// A new secret is created and signs at once; the previous one keeps signing
 /// alongside it (two `v1,` signatures per callback) until
-/// `previous_expires_at`, so the receiver can switch without a gap. Any
-/// request body is ignored.
+/// `previous_expires_at`, so the receiver can switch without a gap. Only
+/// those two ever sign: a secret rotated out earlier stops signing at once,
+/// even within its grace (rotating twice revokes a leaked secret). Rotations
+/// are rate limited per client (`limits.rotations_per_hour`,
+/// `limits.rotation_burst`). Any request body is ignored.
 #[utoipa::path(
     post, path = "/v1/signing-secret/rotate", tag = "signing",
     responses(
@@ -223,6 +226,8 @@ pub async fn get_signing_secret(
          headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rotated too often (`limits.rotations_per_hour`)", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64))),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -235,10 +240,14 @@ pub async fn get_signing_secret(
 )]
 pub async fn rotate_signing_secret(
     principal: Principal,
+    req: HttpRequest,
     pool: web::Data<WritePool>,
     settings: web::Data<Arc<Settings>>,
     sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(guard) = req.app_data::<web::Data<crate::limits::Guard>>() {
+        guard.admit_rotation(&principal.client_id)?;
+    }
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
     let rotation =
         crate::security::rotate_signing_secret(&pool.0, &sealer, &principal.client_id, grace)
