@@ -315,8 +315,16 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
         let inner = e.into_inner();
         let field = (path != ".").then_some(path);
         if inner.is_data() {
-            // Wrong type, unknown or missing field: the JSON is fine, the content is not.
-            let field = field.or_else(|| named_field(&inner.to_string()));
+            // Wrong type, unknown, missing or duplicated field: the JSON is
+            // fine, the content is not. serde reports a missing or duplicated
+            // field at the enclosing object, naming it only in its message
+            // (an unknown one's path already ends with it).
+            let field = match (field, named_field(&inner.to_string())) {
+                (Some(at), Some(name)) if at != name && !at.ends_with(&format!(".{name}")) => {
+                    Some(format!("{at}.{name}"))
+                }
+                (at, name) => at.or(name),
+            };
             ApiError::Validation {
                 field: field.unwrap_or_else(|| "body".into()),
                 message: inner.to_string(),
@@ -330,11 +338,13 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
     })
 }
 
-/// The field named by serde's "missing field `x`" / "unknown field `x`" messages.
+/// The field named by serde's "missing field `x`", "unknown field `x`" and
+/// "duplicate field `x`" messages.
 fn named_field(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))?;
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
     Some(rest.split('`').next()?.to_owned())
 }
 
@@ -509,6 +519,38 @@ mod tests {
             .expect_err("missing");
         assert!(
             matches!(err, ApiError::Validation { ref field, .. } if field == "callback_url"),
+            "{err:?}"
+        );
+        let err = parse_json::<CommandRequest>(
+            br#"{"integration": "a", "operation": "b", "operation": "c", "callback_url": "x"}"#,
+        )
+        .expect_err("duplicate");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "operation"),
+            "{err:?}"
+        );
+        let err = parse_json::<crate::query::upstream::BatchRequest>(
+            br#"{"queries": [{"integration": "a", "query": "b", "query": "c"}]}"#,
+        )
+        .expect_err("nested duplicate");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "queries[0].query"),
+            "{err:?}"
+        );
+        let err = parse_json::<crate::query::upstream::BatchRequest>(
+            br#"{"queries": [{"integration": "a", "query": "b", "bogus": 1}]}"#,
+        )
+        .expect_err("nested unknown");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "queries[0].bogus"),
+            "{err:?}"
+        );
+        let err = parse_json::<crate::query::upstream::BatchRequest>(
+            br#"{"queries": [{"integration": "a"}]}"#,
+        )
+        .expect_err("nested missing");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "queries[0].query"),
             "{err:?}"
         );
         let err = parse_json::<CommandRequest>(b"{not json").expect_err("syntax");
