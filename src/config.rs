@@ -367,6 +367,12 @@ pub struct LimitSettings {
     pub per_client_per_s: u32,
     /// Requests per client allowed at once above the rate (at least 1 when on).
     pub per_client_burst: u32,
+    /// Sustained `POST /v1/signing-secret/rotate` calls per hour per client
+    /// (JWT `sub`), per process. 0 = off.
+    pub rotations_per_hour: u32,
+    /// Rotations per client allowed at once above that rate (at least 1 when
+    /// on; 2 or more lets a client revoke a leaked secret by rotating twice).
+    pub rotation_burst: u32,
 }
 
 /// `[query]`: the read side (see `docs/queries.md`).
@@ -834,6 +840,11 @@ impl Settings {
                 "limits.per_client_burst",
                 self.limits.per_client_per_s,
                 self.limits.per_client_burst,
+            ),
+            (
+                "limits.rotation_burst",
+                self.limits.rotations_per_hour,
+                self.limits.rotation_burst,
             ),
         ] {
             if rate > 0 && burst == 0 {
@@ -1564,7 +1575,7 @@ mod tests {
     #[test]
     fn abuse_limit_keys_are_validated_by_name() {
         type Breaker = fn(&mut Settings);
-        let cases: [(&str, Breaker); 5] = [
+        let cases: [(&str, Breaker); 6] = [
             ("server.admin_bind", |s| {
                 s.server.admin_bind = "nowhere".into()
             }),
@@ -1582,6 +1593,10 @@ mod tests {
             ("limits.per_client_burst", |s| {
                 s.limits.per_client_per_s = 5;
                 s.limits.per_client_burst = 0;
+            }),
+            ("limits.rotation_burst", |s| {
+                s.limits.rotations_per_hour = 5;
+                s.limits.rotation_burst = 0;
             }),
         ];
         for (key, break_it) in cases {

@@ -815,7 +815,12 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         return outbox::drop_job(&ctx.pool, job).await;
     }
     let secrets = match &job.secrets {
-        Some(sealed) if !sealed.is_empty() => ctx.sealer.open_all(&job.client_id, sealed),
+        // Newest first; older rows than the current secret and the one it
+        // replaced never sign (rows left from before rotation retired them).
+        Some(sealed) if !sealed.is_empty() => ctx.sealer.open_all(
+            &job.client_id,
+            &sealed[..sealed.len().min(crate::security::MAX_SIGNING_SECRETS)],
+        ),
         _ => match ensure_signing_secrets(&ctx.pool, &ctx.sealer, &job.client_id).await {
             Ok(secrets) => secrets,
             Err(SecretStoreError::Database(e)) => return Err(e),

@@ -8,9 +8,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// A callback URL: absolute `http`/`https`, with a host, no credentials, no
-/// fragment, at most `max_len` bytes, and (unless private callbacks are
-/// allowed) not `localhost` or a literal loopback/private/link-local address.
+/// A callback URL: absolute `http`/`https`, with a host, not port 0, no
+/// credentials, no fragment, at most `max_len` bytes, and (unless private
+/// callbacks are allowed) not `localhost` or a literal non-public address
+/// ([`crate::security::is_private_ip`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackUrl(url::Url);
 
@@ -40,6 +41,10 @@ impl CallbackUrl {
         }
         if url.fragment().is_some() {
             return Err("must not contain a fragment".into());
+        }
+        // Port 0 is no service's port; connecting to it is platform-defined.
+        if url.port() == Some(0) {
+            return Err("must not use port 0".into());
         }
         if !policy.permits_host(&host) {
             return Err(
@@ -218,6 +223,11 @@ mod tests {
             ("http://[::1]/", "private"),
             ("http://10.0.0.8/", "private"),
             ("http://169.254.169.254/latest/meta-data", "private"),
+            ("http://[::ffff:0:127.0.0.1]/", "private"),
+            ("http://[::ffff:0:0:127.0.0.1]/", "private"),
+            ("http://[100::1]/", "private"),
+            ("http://[fec0::1]/", "private"),
+            ("https://partner.example:0/", "port 0"),
         ];
         for (input, expected) in cases {
             let err = CallbackUrl::parse(input, 2048, &strict()).expect_err(input);
@@ -234,6 +244,10 @@ mod tests {
             ..Default::default()
         };
         assert!(CallbackUrl::parse("http://127.0.0.1:9000/hook", 2048, &open).is_ok());
+        assert!(
+            CallbackUrl::parse("http://127.0.0.1:0/hook", 2048, &open).is_err(),
+            "port 0 is never a callback port"
+        );
         let partner = crate::security::CallbackPolicy {
             allowed: vec!["10.20.0.0/16".parse().expect("net")],
             https_only: true,

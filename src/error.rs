@@ -94,7 +94,7 @@ pub enum ApiError {
     /// client) exceeded an API rate limit (`[limits]`).
     #[error("rate limit exceeded ({scope}); retry after {retry_after_s} s")]
     RateLimited {
-        /// Which limit: `ip` or `client`.
+        /// Which limit: `ip`, `client` or `rotation`.
         scope: &'static str,
         /// Seconds until a request would be admitted.
         retry_after_s: u64,

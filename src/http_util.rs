@@ -2,12 +2,18 @@
 
 use std::time::Duration;
 
-/// Parses a `Retry-After` value: delay-seconds or an HTTP-date
-/// (RFC 9110 §10.2.3). A date in the past means zero. `None` if unparseable.
+/// Parses a `Retry-After` value: delay-seconds (`1*DIGIT`) or an HTTP-date
+/// (RFC 9110 §10.2.3). A date in the past means zero; delay-seconds too large
+/// for a `u64` mean [`Duration::MAX`] (callers cap the wait, so "longer than
+/// anything" waits the cap rather than being ignored). `None` if unparseable.
 pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
+    }
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only, but more than a u64 holds.
+        return Some(Duration::MAX);
     }
     let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let delta = date.with_timezone(&chrono::Utc) - now;
@@ -125,6 +131,23 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        // Too large for 64 bits: at least any cap, never ignored.
+        assert_eq!(
+            parse_retry_after("99999999999999999999", now),
+            Some(Duration::MAX)
+        );
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse_retry_after(&"9".repeat(400), now),
+            Some(Duration::MAX)
+        );
+        // A date far in the future is a long wait too (capped by the caller).
+        assert!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now)
+            .is_some_and(|d| d > Duration::from_secs(200 * 365 * 86_400)));
     }
 
     #[test]

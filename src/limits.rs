@@ -13,6 +13,9 @@
 //!    bearer token, per client (the JWT `sub`). Over a limit: 429
 //!    `urn:hookrelay:problem:rate-limited` with `Retry-After` in whole seconds
 //!    (rounded up, at least 1). The probes and `/metrics` are exempt.
+//! 4. **Signing-secret rotations** (`limits.rotations_per_hour`,
+//!    `limits.rotation_burst`), per client, per process: checked by the
+//!    rotation handler ([`Guard::admit_rotation`]), same 429 answer.
 //!
 //! Body size, request-head timeouts (slowloris) and connection caps are set on
 //! the `HttpServer` in [`crate::startup`].
@@ -66,6 +69,8 @@ pub struct Guard {
     max_header_bytes: usize,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     per_client: Option<DefaultKeyedRateLimiter<String>>,
+    /// `POST /v1/signing-secret/rotate` per client.
+    rotations: Option<DefaultKeyedRateLimiter<String>>,
     /// Requests seen, to prune idle limiter keys now and then.
     seen: AtomicU64,
 }
@@ -85,6 +90,19 @@ where
     ))
 }
 
+/// A keyed limiter of `per_hour` sustained events per hour with `burst`
+/// allowed at once; `None` when `per_hour` is 0 (off).
+fn hourly_limiter<K>(per_hour: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<K>>
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    let per_hour = NonZeroU32::new(per_hour)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let period = Duration::from_secs(3600) / per_hour.get();
+    let quota = Quota::with_period(period)?.allow_burst(burst);
+    Some(RateLimiter::keyed(quota))
+}
+
 impl Guard {
     /// The middleware state for one listener.
     pub fn new(listener: Listener, server: &ServerSettings, limits: &LimitSettings) -> Self {
@@ -93,6 +111,7 @@ impl Guard {
             max_header_bytes: server.max_header_bytes,
             per_ip: limiter(limits.per_ip_per_s, limits.per_ip_burst),
             per_client: limiter(limits.per_client_per_s, limits.per_client_burst),
+            rotations: hourly_limiter(limits.rotations_per_hour, limits.rotation_burst),
             seen: AtomicU64::new(0),
         }
     }
@@ -128,6 +147,9 @@ impl Guard {
                 l.retain_recent();
             }
             if let Some(l) = &self.per_client {
+                l.retain_recent();
+            }
+            if let Some(l) = &self.rotations {
                 l.retain_recent();
             }
         }
@@ -177,6 +199,22 @@ impl Guard {
                     retry_after_s: 1,
                 })
             }
+        }
+    }
+}
+
+impl Guard {
+    /// Admits one signing-secret rotation of `client`
+    /// (`limits.rotations_per_hour`, burst `limits.rotation_burst`, per
+    /// process). No-op when the limit is off.
+    ///
+    /// # Errors
+    /// `RateLimited` (429 + `Retry-After` in whole seconds) when the client
+    /// rotated too often.
+    pub fn admit_rotation(&self, client: &str) -> Result<(), ApiError> {
+        match &self.rotations {
+            Some(limiter) => admit(limiter, &client.to_owned(), "rotation"),
+            None => Ok(()),
         }
     }
 }

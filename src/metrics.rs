@@ -60,7 +60,8 @@ pub const BREAKER_STATE: &str = "hookrelay_circuit_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "hookrelay_circuit_breaker_transitions_total";
 /// Calls answered by a fallback (counter).
 pub const FALLBACKS: &str = "hookrelay_fallbacks_total";
-/// API requests refused by a rate limit, label `scope` (`ip`, `client`) (counter).
+/// API requests refused by a rate limit, label `scope` (`ip`, `client`,
+/// `rotation`) (counter).
 pub const HTTP_RATE_LIMITED: &str = "hookrelay_http_rate_limited_total";
 /// Webhook attempts by outcome (counter).
 pub const DELIVERY_ATTEMPTS: &str = "hookrelay_delivery_attempts_total";
@@ -288,7 +289,8 @@ pub fn upstream_retry(integration: &str, operation: &str) {
 }
 
 /// An API request was refused by a `[limits]` rate limit
-/// (`hookrelay_http_rate_limited_total`); `scope` is `"ip"` or `"client"`.
+/// (`hookrelay_http_rate_limited_total`); `scope` is `"ip"`, `"client"` or
+/// `"rotation"`.
 pub fn rate_limited(scope: &'static str) {
     counter!(HTTP_RATE_LIMITED, "scope" => scope).increment(1);
 }

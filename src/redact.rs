@@ -13,8 +13,16 @@
 //!   integration credential (`credential.value_env`, and its token after an
 //!   auth scheme such as `Bearer `), the JWT secret, and the configured
 //!   encryption and MAC keys. Values shorter than [`MIN_SECRET_LEN`] bytes are
-//!   not searched for (they would mask ordinary words).
-//! - **Standard Webhooks signing secrets**: any `whsec_` followed by base64.
+//!   not searched for (they would mask ordinary words). A value is found in
+//!   the forms a vendor may echo it in, too: with any of its characters
+//!   JSON-escaped (`\/` as PHP writes `/` by default, `\"`, `\\`, or
+//!   `\uXXXX` in either hex case, RFC 8259 §7), percent-encoded (`%XX`, either
+//!   case, RFC 3986 §2.1; `+` for a space as in form encoding), and in base64
+//!   — standard and URL-safe alphabets, with and without padding (RFC 4648
+//!   §4, §5) — including the part of it that does not depend on where the
+//!   value starts inside a longer encoded text (e.g. `Basic` credentials).
+//! - **Standard Webhooks signing secrets**: any `whsec_` followed by base64
+//!   (its `+`, `/` and `=` also in JSON-escaped or percent-encoded form).
 //!
 //! Sensitive header names: `Authorization`, `Proxy-Authorization`, `Cookie`,
 //! `Set-Cookie`, and each integration's credential header
@@ -27,6 +35,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+use base64::Engine;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
@@ -55,8 +64,9 @@ pub struct Redactor {
     fields: HashSet<String>,
     /// Lowercase header names to mask.
     headers: HashSet<String>,
-    /// Known secret values, longest first (so a value containing another is
-    /// masked whole).
+    /// Known secret values and their base64 forms, longest first (so a value
+    /// containing another is masked whole). Each is also matched with its
+    /// characters JSON-escaped or percent-encoded ([`find_encoded`]).
     secrets: Vec<String>,
 }
 
@@ -88,8 +98,13 @@ impl Redactor {
                 .map(|(_, t)| t.trim())
                 .filter(|t| t.len() >= MIN_SECRET_LEN);
             for v in std::iter::once(value).chain(token) {
-                if v.len() >= MIN_SECRET_LEN && !secrets.iter().any(|s| s == v) {
-                    secrets.push(v.to_owned());
+                if v.len() < MIN_SECRET_LEN {
+                    continue;
+                }
+                for form in std::iter::once(v.to_owned()).chain(base64_forms(v.as_bytes())) {
+                    if form.len() >= MIN_SECRET_LEN && !secrets.contains(&form) {
+                        secrets.push(form);
+                    }
                 }
             }
         }
@@ -256,12 +271,13 @@ impl Redactor {
         })
     }
 
-    /// Known secret values and `whsec_` secrets in `text`, masked.
+    /// Known secret values (in every form the module docs list) and
+    /// `whsec_` secrets in `text`, masked.
     fn mask_secrets<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut out: Cow<'a, str> = Cow::Borrowed(text);
         for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+            if let Some(masked) = mask_encoded(&out, secret) {
+                out = Cow::Owned(masked);
             }
         }
         if out.contains(SECRET_PREFIX) {
@@ -271,6 +287,156 @@ impl Redactor {
     }
 }
 
+/// The base64 forms of a secret value: standard and URL-safe alphabets, with
+/// and without padding, and for each alphabet the characters that encode
+/// only the value's own bits when it starts 0, 1 or 2 bytes into a longer
+/// encoded text (the first and last characters, which mix in neighbouring
+/// bytes, are left out).
+fn base64_forms(value: &[u8]) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut forms = vec![
+        STANDARD.encode(value),
+        STANDARD_NO_PAD.encode(value),
+        URL_SAFE.encode(value),
+        URL_SAFE_NO_PAD.encode(value),
+    ];
+    for offset in 0..3usize {
+        let mut shifted = vec![0u8; offset];
+        shifted.extend_from_slice(value);
+        // Characters 0..skip carry bits of the `offset` bytes before the
+        // value; characters from `end` on carry bits of the bytes after it.
+        let skip = (offset * 8).div_ceil(6);
+        let end = shifted.len() * 8 / 6;
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            if let Some(core) = engine.encode(&shifted).get(skip..end) {
+                forms.push(core.to_owned());
+            }
+        }
+    }
+    forms
+}
+
+/// `text` with every occurrence of `secret` replaced by [`REDACTED`] —
+/// literal, or with any of its characters written as an escape
+/// ([`escaped_len`]); `None` when there is none.
+fn mask_encoded(text: &str, secret: &str) -> Option<String> {
+    let first = secret.bytes().next()?;
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    let bytes = text.as_bytes();
+    while at < bytes.len() {
+        let b = bytes[at];
+        // Only a literal first byte or the start of an escape can begin a match.
+        if b == first || matches!(b, b'\\' | b'%' | b'+') {
+            if let Some(end) = find_encoded(text, at, secret) {
+                out.push_str(&text[copied..at]);
+                out.push_str(REDACTED);
+                copied = end;
+                at = end;
+                continue;
+            }
+        }
+        at += text[at..].chars().next().map_or(1, char::len_utf8);
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// The end (byte offset) of `secret` written at `start` of `text`, each of
+/// its characters literally or escaped; `None` if it is not there.
+fn find_encoded(text: &str, start: usize, secret: &str) -> Option<usize> {
+    let mut at = start;
+    for c in secret.chars() {
+        at += escaped_len(text.get(at..)?, c)?;
+    }
+    Some(at)
+}
+
+/// How many bytes at the start of `rest` write the character `c`: itself,
+/// a JSON escape (`\/`, `\"`, `\\`, `\n`…, `\uXXXX` or a `\uXXXX\uXXXX`
+/// surrogate pair, hex in either case), percent-encoded UTF-8 (`%XX` per byte,
+/// either case), or `+` for a space.
+fn escaped_len(rest: &str, c: char) -> Option<usize> {
+    if rest.starts_with(c) {
+        return Some(c.len_utf8());
+    }
+    let bytes = rest.as_bytes();
+    match bytes.first()? {
+        b'\\' => {
+            let short = match c {
+                '"' => Some(b'"'),
+                '\\' => Some(b'\\'),
+                '/' => Some(b'/'),
+                '\n' => Some(b'n'),
+                '\r' => Some(b'r'),
+                '\t' => Some(b't'),
+                '\u{8}' => Some(b'b'),
+                '\u{c}' => Some(b'f'),
+                _ => None,
+            };
+            if short.is_some() && bytes.get(1).copied() == short {
+                return Some(2);
+            }
+            let mut units = [0u16; 2];
+            let mut len = 0;
+            for unit in c.encode_utf16(&mut units).iter() {
+                let escape = bytes.get(len..len + 6)?;
+                if &escape[..2] != b"\\u" || hex_value(&escape[2..])? != u32::from(*unit) {
+                    return None;
+                }
+                len += 6;
+            }
+            Some(len)
+        }
+        b'%' => {
+            let mut utf8 = [0u8; 4];
+            let mut len = 0;
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                let escape = bytes.get(len..len + 3)?;
+                if escape[0] != b'%' || hex_value(&escape[1..])? != u32::from(byte) {
+                    return None;
+                }
+                len += 3;
+            }
+            Some(len)
+        }
+        b'+' if c == ' ' => Some(1),
+        _ => None,
+    }
+}
+
+/// The value of hex digits (either case); `None` if any byte is not one.
+fn hex_value(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0u32, |acc, &d| Some(acc * 16 + char::from(d).to_digit(16)?))
+}
+
+/// How many bytes of `after` (the text after `whsec_`) are base64: letters,
+/// digits, `+`, `/`, `=`, the last three also JSON-escaped or percent-encoded.
+fn whsec_key_len(after: &str) -> usize {
+    let mut len = 0;
+    while let Some(rest) = after.get(len..) {
+        let step = match rest.bytes().next() {
+            Some(b) if b.is_ascii_alphanumeric() => 1,
+            Some(_) => ['+', '/', '=']
+                .iter()
+                .find_map(|&c| escaped_len(rest, c))
+                .unwrap_or(0),
+            None => 0,
+        };
+        if step == 0 {
+            break;
+        }
+        len += step;
+    }
+    len
+}
+
 /// Replaces every `whsec_<base64>` with [`REDACTED`].
 fn mask_whsec(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -278,10 +444,7 @@ fn mask_whsec(text: &str) -> String {
     while let Some(at) = rest.find(SECRET_PREFIX) {
         out.push_str(&rest[..at]);
         let after = &rest[at + SECRET_PREFIX.len()..];
-        let len = after
-            .bytes()
-            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-            .count();
+        let len = whsec_key_len(after);
         if len == 0 {
             out.push_str(SECRET_PREFIX);
         } else {
@@ -517,6 +680,87 @@ mod tests {
         let mut v = json!({"vendor-token-123456": 1});
         assert!(r.json_in_place(&mut v));
         assert!(!v.to_string().contains("vendor-token"), "{v}");
+    }
+
+    const VENDOR_SECRET: &str = "sk_live/AbC+dEf==9876543210";
+
+    /// The text must not hold the secret, nor its tail (all but the first
+    /// few characters) in any encoding, and must say `[REDACTED]`.
+    fn assert_masked(r: &Redactor, text: &str) {
+        let masked = r.text(text);
+        assert!(masked.contains(REDACTED), "{text} -> {masked}");
+        for leak in ["9876543210", "AbC", "dEf"] {
+            assert!(!masked.contains(leak), "{text} -> {masked}");
+        }
+    }
+
+    #[test]
+    fn escaped_and_percent_encoded_secrets_are_masked() {
+        let r = Redactor::new([], [], [VENDOR_SECRET]);
+        for text in [
+            // PHP's json_encode default, in a truncated JSON body (text).
+            r#"{"echo": "sk_live\/AbC+dEf==9876543210", "trunc"#,
+            // Every non-alphanumeric as \uXXXX, both hex cases, and mixed.
+            r#"key sk_live\u002fAbC\u002BdEf\u003d\u003D9876543210 end"#,
+            r#"sk\u005flive\/AbC+dEf\u003d=9876543210"#,
+            // Percent-encoded, upper and lower case hex, and fully encoded.
+            "token=sk_live%2FAbC%2BdEf%3D%3D9876543210&x=1",
+            "token=sk_live%2fAbC%2bdEf%3d%3d9876543210",
+            "t=%73%6B%5F%6C%69%76%65%2F%41%62%43%2B%64%45%66%3D%3D%39%38%37%36%35%34%33%32%31%30",
+            // JSON-escaped inside a JSON string (escaped twice on the wire).
+            r#"{"raw": "sk_live\\/AbC+dEf==9876543210"}"#,
+        ] {
+            assert_masked(&r, text);
+        }
+        let masked =
+            r.text("a sk_live%2FAbC%2BdEf%3D%3D9876543210 b sk_live/AbC+dEf==9876543210 c");
+        assert_eq!(masked, "a [REDACTED] b [REDACTED] c");
+        // A near miss (another last digit) is left alone.
+        assert_eq!(
+            r.text("sk_live%2FAbC%2BdEf%3D%3D9876543211"),
+            "sk_live%2FAbC%2BdEf%3D%3D9876543211"
+        );
+    }
+
+    #[test]
+    fn base64_forms_of_secrets_are_masked() {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        let r = Redactor::new([], [], [VENDOR_SECRET]);
+        let raw = VENDOR_SECRET.as_bytes();
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let b64 = engine.encode(raw);
+            let masked = r.text(&format!("echo {b64} end")).into_owned();
+            assert_eq!(masked, "echo [REDACTED] end", "{b64}");
+            // Inside a longer encoded value, at each alignment (HTTP Basic):
+            // only the few characters mixing in the neighbours' bits stay.
+            for prefix in ["", "u:", "us:", "usr:"] {
+                let basic = engine.encode(format!("{prefix}{VENDOR_SECRET}\n").as_bytes());
+                let masked = r.text(&format!("Basic {basic}")).into_owned();
+                let left = masked
+                    .strip_prefix("Basic ")
+                    .expect("prefix")
+                    .replacen(REDACTED, "", 1);
+                assert!(masked.contains(REDACTED), "{prefix:?}: {masked}");
+                assert!(left.len() <= 12, "{prefix:?}: {basic} -> {masked}");
+            }
+        }
+        // Standard base64 with its `/` JSON-escaped.
+        let b64 = STANDARD.encode(raw).replace('/', "\\/");
+        assert_masked(&r, &format!("{{\"k\": \"{b64}\" trunc"));
+    }
+
+    #[test]
+    fn escaped_whsec_secrets_are_masked() {
+        let r = redactor();
+        for text in [
+            r#"sig whsec_MfKQ9r8\/GKYqrTwj+UPD8ILPZIo2LaLaSw== end"#,
+            "sig whsec_MfKQ9r8%2FGKYqrTwj%2bUPD8ILPZIo2LaLaSw%3D%3D end",
+        ] {
+            let masked = r.text(text);
+            assert_eq!(masked, "sig [REDACTED] end", "{text}");
+        }
     }
 
     #[test]

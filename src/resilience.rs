@@ -760,6 +760,14 @@ mod tests {
             None,
             "Retry-After only on 429/503"
         );
+        // Too large for 64 bits: the longest wait (then `max_pause_s`), not
+        // "no Retry-After".
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "99999999999999999999".parse().expect("hv"));
+        assert_eq!(
+            VendorLimit::from_headers(503, &h).and_then(|v| v.pause()),
+            Some(Duration::MAX)
+        );
 
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("x-ratelimit-remaining", "500".parse().expect("hv"));

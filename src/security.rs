@@ -361,14 +361,23 @@ async fn lock_client_secrets(
     Ok(())
 }
 
-/// The client's active sealed secrets, newest first.
+/// Most signing secrets that sign one callback: the current one and, during
+/// its rotation grace, the one before it ([`rotate_signing_secret`]).
+pub const MAX_SIGNING_SECRETS: usize = 2;
+
+/// The client's active sealed secrets, newest first: at most
+/// [`MAX_SIGNING_SECRETS`], even if older rows are still in the table (rows
+/// written before rotation retired them at once), so the
+/// `webhook-signature` header stays small.
 async fn active_sealed(pool: &sqlx::PgPool, client_id: &str) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar::<_, String>(
         "SELECT secret FROM signing_secrets
           WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > now())
-          ORDER BY created_at DESC",
+          ORDER BY created_at DESC
+          LIMIT $2",
     )
     .bind(client_id)
+    .bind(MAX_SIGNING_SECRETS as i64)
     .fetch_all(pool)
     .await
 }
@@ -419,11 +428,15 @@ pub struct Rotation {
     pub previous_expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Rotates the client's signing secret in one transaction: the current secret
-/// (if any) gets `expires_at = now + grace` and keeps signing until then, a new
-/// current secret is inserted, and secrets that have already expired are
-/// deleted (they never sign again). Concurrent rotations of one client are
-/// serialised by a per-client advisory lock.
+/// Rotates the client's signing secret in one transaction: every previous
+/// secret is deleted — expired or still in its grace — so it never signs
+/// again; the current secret (if any) gets `expires_at = now + grace` and
+/// keeps signing until then; a new current secret is inserted. So at most two
+/// secrets ever sign ([`MAX_SIGNING_SECRETS`]): the current one and the one
+/// before it, during its grace. Rotating twice in a row therefore revokes a
+/// leaked secret at once. Concurrent rotations of one client are serialised
+/// by a per-client advisory lock. (The rotation rate limit is applied by the
+/// HTTP handler, [`crate::limits::Guard::admit_rotation`].)
 ///
 /// # Errors
 /// Database errors (nothing is changed then); sealing failed.
@@ -437,7 +450,9 @@ pub async fn rotate_signing_secret(
     let sealed = sealer.seal(client_id, &secret)?;
     let mut tx = pool.begin().await?;
     lock_client_secrets(&mut tx, client_id).await?;
-    sqlx::query("DELETE FROM signing_secrets WHERE client_id = $1 AND expires_at <= now()")
+    // The secret rotated out last time stops signing now, even within its
+    // grace: only the current one and the one it replaces may sign.
+    sqlx::query("DELETE FROM signing_secrets WHERE client_id = $1 AND expires_at IS NOT NULL")
         .bind(client_id)
         .execute(&mut *tx)
         .await?;
@@ -598,7 +613,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// Refuses a URL whose host is a literal non-public IP (literal addresses
-/// bypass DNS, so [`GuardedResolver`] never sees them).
+/// bypass DNS, so [`GuardedResolver`] never sees them), or that names port 0
+/// (no service listens there; some stacks connect it to a local port).
 ///
 /// # Errors
 /// Why the URL is refused.
@@ -606,6 +622,9 @@ pub fn check_literal_host(url: &str, policy: &CallbackPolicy) -> Result<(), Stri
     let parsed = url::Url::parse(url).map_err(|e| format!("refused: bad URL ({e})"))?;
     if policy.https_only && parsed.scheme() != "https" {
         return Err("refused: only https callbacks are allowed".into());
+    }
+    if parsed.port() == Some(0) {
+        return Err("refused: port 0".into());
     }
     match parsed.host() {
         Some(h) if !policy.permits_host(&h) => Err(format!("refused: {h} is not a public address")),
@@ -627,7 +646,13 @@ pub fn is_private_host(host: &url::Host<&str>) -> bool {
 }
 
 /// Loopback, private (RFC 1918 / ULA), link-local, CGNAT, unspecified,
-/// broadcast, multicast, documentation and IPv4-mapped forms of those.
+/// broadcast, multicast, documentation and IPv4-mapped forms of those. For
+/// IPv6 only global unicast (`2000::/3`, IANA IPv6 Address Space registry) is
+/// public, minus its special-purpose blocks, plus NAT64 `64:ff9b::/96` of a
+/// public IPv4 address; everything else — `::/8` (IPv4-compatible and
+/// IPv4-translated `::ffff:0:0:0/96` forms included), discard-only
+/// `100::/64`, deprecated site-local `fec0::/10`, ULA, link-local,
+/// multicast — is non-public.
 pub fn is_private_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_private_v4(v4),
@@ -682,13 +707,20 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
             return true;
         }
     }
-    ip.is_loopback()
-        || (s[0] == 0x2001 && s[1] == 0) // Teredo 2001::/32
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || (s[0] & 0xfe00) == 0xfc00 // fc00::/7 unique local
-        || (s[0] & 0xffc0) == 0xfe80 // fe80::/10 link-local
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+    // NAT64 well-known prefix (RFC 6052) of a public IPv4 address.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        return false;
+    }
+    // Outside global unicast 2000::/3: ::/8 (unspecified, loopback,
+    // IPv4-compatible, IPv4-translated `::ffff:0:0:0/96` — RFC 2765 — and
+    // the rest of the reserved block), discard-only 100::/64 (RFC 6666),
+    // local-use NAT64 64:ff9b:1::/48 (RFC 8215), ULA fc00::/7, link-local
+    // fe80::/10, site-local fec0::/10 (RFC 3879), multicast ff00::/8.
+    (s[0] & 0xe000) != 0x2000
+        || (s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments, Teredo 2001::/32
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32 documentation
+        || (s[0] == 0x3fff && s[1] < 0x1000) // 3fff::/20 documentation (RFC 9637)
+        || s[0] == 0x5f00 // 5f00::/16 SRv6 SIDs (RFC 9602)
 }
 
 #[cfg(test)]
@@ -724,6 +756,18 @@ mod tests {
             "2001:0:4136:e378::1",
             "ff02::1",
             "::",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:8.8.8.8",
+            "::ffff:0:0:127.0.0.1",
+            "::8.8.8.8",
+            "100::1",
+            "fec0::1",
+            "64:ff9b:1::a00:1",
+            "2001:2::1",
+            "3fff::1",
+            "5f00::1",
         ] {
             let ip: IpAddr = private.parse().expect("ip");
             assert!(is_private_ip(ip), "{private} should be private");
@@ -735,6 +779,10 @@ mod tests {
             "64:ff9b::808:808",
             "2002:808:808::1",
             "198.20.0.1",
+            "::ffff:8.8.8.8",
+            "2a00:1450:4001::1",
+            "2001:200::1",
+            "3fff:1000::1",
         ] {
             let ip: IpAddr = public.parse().expect("ip");
             assert!(!is_private_ip(ip), "{public} should be public");
@@ -761,6 +809,8 @@ mod tests {
         let strict = CallbackPolicy::default();
         assert!(check_literal_host("http://10.0.0.1/x", &strict).is_err());
         assert!(check_literal_host("http://[::ffff:169.254.169.254]/x", &strict).is_err());
+        assert!(check_literal_host("http://[::ffff:0:127.0.0.1]/x", &strict).is_err());
+        assert!(check_literal_host("https://partner.example:0/x", &strict).is_err());
         assert!(check_literal_host("https://partner.example/x", &strict).is_ok());
         let open = CallbackPolicy {
             allow_private: true,

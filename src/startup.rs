@@ -499,6 +499,11 @@ fn http_server(
             .default_service(web::to(not_found))
     })
     .listen(listener)?
+    // A client's FIN ends the connection (as in hyper and nginx): otherwise
+    // actix keeps a half-closed connection until its response is written,
+    // and an endless response (an SSE stream, a long poll) would hold its
+    // slot until the next write fails.
+    .h1_allow_half_closed(false)
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_timeout_s)
     .client_request_timeout(Duration::from_millis(

@@ -85,17 +85,23 @@ proptest! {
         prop_assert!(short.is_err() || input.len() <= 8);
     }
 
-    /// `Retry-After`: never panics; delay-seconds parse exactly; anything
-    /// that is neither a number of seconds nor an HTTP-date is `None`.
+    /// `Retry-After`: never panics; delay-seconds parse exactly, and digits
+    /// beyond a u64 mean the longest wait; anything that is neither a number
+    /// of seconds nor an HTTP-date is `None`.
     #[test]
     fn retry_after_values(input in prop_oneof![any::<String>(), "[0-9]{1,25}", "[ -~]{0,40}"]) {
         let now = chrono::Utc::now();
         let parsed = parse_retry_after(&input, now);
-        if let Ok(secs) = input.trim().parse::<u64>() {
+        let trimmed = input.trim();
+        let digits = !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit());
+        if let Ok(secs) = trimmed.parse::<u64>() {
             prop_assert_eq!(parsed, Some(Duration::from_secs(secs)));
+        } else if digits {
+            prop_assert_eq!(parsed, Some(Duration::MAX));
         }
-        if input.trim().parse::<u64>().is_err()
-            && chrono::DateTime::parse_from_rfc2822(input.trim()).is_err()
+        if trimmed.parse::<u64>().is_err()
+            && !digits
+            && chrono::DateTime::parse_from_rfc2822(trimmed).is_err()
         {
             prop_assert_eq!(parsed, None);
         }

@@ -327,6 +327,106 @@ async fn secrets_never_appear_in_logs() {
     }
 }
 
+/// A vendor echoing the credential in another spelling — JSON-escaped as
+/// PHP writes it (`\/`), percent-encoded, or base64 — in a body that is not
+/// JSON (so only the substring rules apply): none of the spellings is
+/// stored, shown in the status document, sent in the callback or logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_echoes_of_a_credential_are_masked() {
+    let logs = logs();
+    let digits: String = Uuid::new_v4()
+        .as_u128()
+        .to_string()
+        .chars()
+        .take(12)
+        .collect();
+    let credential = format!("sk_live/AbC+dEf=={digits}");
+    std::env::set_var("HOOKRELAY_TEST_ENCODED_CREDENTIAL", &credential);
+    let json_escaped = credential.replace('/', "\\/");
+    let unicode_escaped = credential
+        .replace('/', "\\u002f")
+        .replace('+', "\\u002B")
+        .replace('=', "\\u003d");
+    let url_encoded = credential
+        .replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('=', "%3D");
+    let url_encoded_lower = credential
+        .replace('/', "%2f")
+        .replace('+', "%2b")
+        .replace('=', "%3d");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&credential);
+    let b64_url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&credential);
+
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    settings
+        .integrations
+        .get_mut("httpbin")
+        .expect("httpbin")
+        .credential = Some(hookrelay::config::CredentialSettings {
+        header: "X-Api-Key".into(),
+        value_env: "HOOKRELAY_TEST_ENCODED_CREDENTIAL".into(),
+        value: None,
+    });
+    let app = spawn_with_settings(settings, upstream, ServeRole::All).await;
+    // A truncated JSON body (text, not JSON) with every spelling.
+    let echo = format!(
+        r#"{{"debug": "key {json_escaped} / {unicode_escaped}", "url": "https://v.example/?k={url_encoded}&l={url_encoded_lower}", "b64": "{b64} {b64_url}", "#
+    );
+    Mock::given(method("POST"))
+        .and(header("x-api-key", credential.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(echo.clone(), "application/json"))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let token = app.trusted_client("acme").await;
+    // The receiver fails once, answering with the same spellings.
+    app.receiver.script(&[500]);
+    app.receiver.body(echo.as_bytes());
+    let id = app
+        .post_command_id(&token, &app.command("7", json!({})), None)
+        .await;
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["callback"]["status"], "delivered", "{doc}");
+    let shown = doc["result"]["body"].as_str().expect("kept as text");
+    assert!(shown.contains("[REDACTED]"), "{shown}");
+    let attempts = app
+        .get_json(&token, &format!("/v1/commands/{id}/attempts"))
+        .await;
+    let callbacks: Vec<String> = app
+        .receiver
+        .received()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.raw_body).into_owned())
+        .collect();
+    assert_eq!(callbacks.len(), 2);
+    let command_id = Uuid::parse_str(&id).expect("uuid");
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT c.result::text FROM commands c WHERE c.id = $1
+         UNION ALL SELECT d.payload FROM deliveries d WHERE d.command_id = $1
+         UNION ALL SELECT coalesce(a.response_body, '')
+                     FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+                    WHERE d.command_id = $1",
+    )
+    .bind(command_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("stored rows");
+    let texts = [doc.to_string(), attempts.to_string(), logs.text()];
+    for text in stored.iter().chain(&callbacks).chain(&texts) {
+        // The credential's last characters appear in none of its spellings.
+        assert!(!text.contains(&digits), "the credential leaks: {text}");
+        for form in [&b64, &b64_url] {
+            assert!(!text.contains(&form[4..24]), "base64 form leaks: {text}");
+        }
+    }
+}
+
 /// Every read-side request logs one line under `hookrelay::query` with its
 /// endpoint, cache outcome, status and duration (lives here because only this
 /// binary captures the log output).

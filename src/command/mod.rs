@@ -216,8 +216,11 @@ pub async fn get_signing_secret(
 ///
 /// A new secret is created and signs at once; the previous one keeps signing
 /// alongside it (two `v1,` signatures per callback) until
-/// `previous_expires_at`, so the receiver can switch without a gap. Any
-/// request body is ignored.
+/// `previous_expires_at`, so the receiver can switch without a gap. Only
+/// those two ever sign: a secret rotated out earlier stops signing at once,
+/// even within its grace (rotating twice revokes a leaked secret). Rotations
+/// are rate limited per client (`limits.rotations_per_hour`,
+/// `limits.rotation_burst`). Any request body is ignored.
 #[utoipa::path(
     post, path = "/v1/signing-secret/rotate", tag = "signing",
     responses(
@@ -225,6 +228,8 @@ pub async fn get_signing_secret(
          headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rotated too often (`limits.rotations_per_hour`)", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64))),
         (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -237,10 +242,14 @@ pub async fn get_signing_secret(
 )]
 pub async fn rotate_signing_secret(
     principal: Principal,
+    req: HttpRequest,
     pool: web::Data<WritePool>,
     settings: web::Data<Arc<Settings>>,
     sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(guard) = req.app_data::<web::Data<crate::limits::Guard>>() {
+        guard.admit_rotation(&principal.client_id)?;
+    }
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
     let rotation =
         crate::security::rotate_signing_secret(&pool.0, &sealer, &principal.client_id, grace)
@@ -308,8 +317,16 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
         let inner = e.into_inner();
         let field = (path != ".").then_some(path);
         if inner.is_data() {
-            // Wrong type, unknown or missing field: the JSON is fine, the content is not.
-            let field = field.or_else(|| named_field(&inner.to_string()));
+            // Wrong type, unknown, missing or duplicated field: the JSON is
+            // fine, the content is not. serde reports a missing or duplicated
+            // field at the enclosing object, naming it only in its message
+            // (an unknown one's path already ends with it).
+            let field = match (field, named_field(&inner.to_string())) {
+                (Some(at), Some(name)) if at != name && !at.ends_with(&format!(".{name}")) => {
+                    Some(format!("{at}.{name}"))
+                }
+                (at, name) => at.or(name),
+            };
             ApiError::Validation {
                 field: field.unwrap_or_else(|| "body".into()),
                 message: inner.to_string(),
@@ -323,11 +340,13 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result
     })
 }
 
-/// The field named by serde's "missing field `x`" / "unknown field `x`" messages.
+/// The field named by serde's "missing field `x`", "unknown field `x`" and
+/// "duplicate field `x`" messages.
 fn named_field(message: &str) -> Option<String> {
     let rest = message
         .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))?;
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
     Some(rest.split('`').next()?.to_owned())
 }
 
@@ -516,6 +535,38 @@ mod tests {
             .expect_err("missing");
         assert!(
             matches!(err, ApiError::Validation { ref field, .. } if field == "callback_url"),
+            "{err:?}"
+        );
+        let err = parse_json::<CommandRequest>(
+            br#"{"integration": "a", "operation": "b", "operation": "c", "callback_url": "x"}"#,
+        )
+        .expect_err("duplicate");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "operation"),
+            "{err:?}"
+        );
+        let err = parse_json::<crate::query::upstream::BatchRequest>(
+            br#"{"queries": [{"integration": "a", "query": "b", "query": "c"}]}"#,
+        )
+        .expect_err("nested duplicate");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "queries[0].query"),
+            "{err:?}"
+        );
+        let err = parse_json::<crate::query::upstream::BatchRequest>(
+            br#"{"queries": [{"integration": "a", "query": "b", "bogus": 1}]}"#,
+        )
+        .expect_err("nested unknown");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "queries[0].bogus"),
+            "{err:?}"
+        );
+        let err = parse_json::<crate::query::upstream::BatchRequest>(
+            br#"{"queries": [{"integration": "a"}]}"#,
+        )
+        .expect_err("nested missing");
+        assert!(
+            matches!(err, ApiError::Validation { ref field, .. } if field == "queries[0].query"),
             "{err:?}"
         );
         let err = parse_json::<CommandRequest>(b"{not json").expect_err("syntax");

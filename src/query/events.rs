@@ -196,7 +196,6 @@ fn open_stream(
     let cancel = feed.cancelled();
     let retry = settings.events.retry_ms;
     tokio::spawn(async move {
-        let _slot = slot;
         let hello = format!("retry: {retry}\n: hookrelay event stream\n\n");
         if bytes_tx.send(web::Bytes::from(hello)).await.is_err() {
             follow.abort();
@@ -222,10 +221,14 @@ fn open_stream(
         }
         follow.abort();
     });
-    let body = futures_util::stream::unfold(bytes_rx, |mut rx| async move {
+    // The slot lives in the response body: actix drops the body as soon as
+    // the connection ends (the server does not keep half-closed connections,
+    // see `startup::http_server`), which frees the slot at once — not at the
+    // next keep-alive write — and closes `bytes_rx`, ending the task above.
+    let body = futures_util::stream::unfold((bytes_rx, slot), |(mut rx, slot)| async move {
         rx.recv()
             .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, slot)))
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))

@@ -652,3 +652,52 @@ async fn streams_beyond_max_streams_answer_503() {
         "application/problem+json"
     );
 }
+
+/// A stream's slot is freed when its client disconnects, not at the next
+/// keep-alive write (30 s here): after all `max_streams` clients close, a new
+/// stream is accepted within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_streams_free_their_slots_at_once() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.events.max_streams = 5;
+        s.events.keep_alive_s = 30;
+    })
+    .await;
+    let token = app.token("acme", &["client"]);
+    let url = format!("{}/v1/events", app.address);
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        // A client of its own per stream: dropping it closes the connection.
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(resp.status(), 200);
+        open.push((client, resp));
+    }
+    assert_eq!(app.get(&token, "/v1/events").await.status(), 503, "full");
+    drop(open);
+
+    let closed = Instant::now();
+    loop {
+        let resp = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET stream");
+        if resp.status() == 200 {
+            break;
+        }
+        assert_eq!(resp.status(), 503);
+        assert!(
+            closed.elapsed() < Duration::from_millis(1_500),
+            "slots still taken {:?} after every client closed",
+            closed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -297,6 +297,34 @@ async fn receiver_retry_after_is_honoured_and_capped() {
     );
 }
 
+/// A `Retry-After` too large for 64 bits means "longer than the cap": the
+/// next attempt waits `delivery.max_retry_after_s`, as for `Retry-After: 100000`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_retry_after_beyond_64_bits_waits_the_cap() {
+    let app = crate::helpers::spawn_app_with(|s| s.delivery.max_retry_after_s = 2).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    app.receiver.script(&[429]);
+    app.receiver.retry_after("99999999999999999999");
+    let token = app.trusted_client("acme").await;
+    let id = app
+        .post_command_id(&token, &app.command("1", json!({})), None)
+        .await;
+    let doc = app
+        .wait_status(&token, &id, Duration::from_secs(15), settled)
+        .await;
+    assert_eq!(doc["callback"]["status"], "delivered", "{doc}");
+    let got = app.receiver.received();
+    assert_eq!(got.len(), 2, "one 429, then the delivery");
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_millis(1_900) && gap < Duration::from_secs(6),
+        "waited the 2 s cap: {gap:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_bytes_from_vendor_and_receiver_do_not_wedge_the_pipeline() {
     let app = spawn_app().await;

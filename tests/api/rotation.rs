@@ -265,7 +265,7 @@ async fn rotation_needs_the_client_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_rotations_leave_one_current_secret() {
-    let app = spawn_app_with(|_| {}).await;
+    let app = spawn_app_with(|s| s.limits.rotations_per_hour = 0).await;
     let token = app.token("acme", &["client"]);
     let other = app.token("beta", &["client"]);
     let beta_secret = signing_secret(&app, &other).await;
@@ -302,8 +302,8 @@ async fn concurrent_rotations_leave_one_current_secret() {
     assert_eq!(current, 1);
     assert_eq!(
         app.count("signing_secrets").await,
-        9,
-        "8 for acme, 1 for beta"
+        3,
+        "acme's current and previous secrets, and beta's"
     );
     assert_eq!(
         signing_secret(&app, &other).await,
@@ -422,4 +422,81 @@ async fn reseal_moves_every_secret_to_the_first_key() {
         .expect("reseal");
     assert_eq!(report.resealed, 2);
     assert_eq!(report.unopenable, 1);
+}
+
+/// Many rotations never pile up signatures: a callback carries the current
+/// secret and the one it replaced, no more, and a secret rotated out two
+/// rotations ago no longer verifies although its grace has not ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_rotations_sign_with_two_secrets_at_most() {
+    let app = spawn_app_with(|s| {
+        s.delivery.secret_rotation_grace_s = 86_400;
+        s.limits.rotations_per_hour = 0;
+    })
+    .await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    let token = app.token("acme", &["client"]);
+    let mut secrets = vec![signing_secret(&app, &token).await];
+    for _ in 0..5 {
+        let rotated = rotate(&app, &token).await;
+        secrets.push(rotated["secret"].as_str().expect("secret").to_owned());
+    }
+    let id = post_command(&app, &token, "1").await;
+    let hook = &app.receiver.wait_for(1, Duration::from_secs(10)).await[0];
+    assert_eq!(hook.body["data"]["command_id"], id.as_str());
+    assert_eq!(hook.signature_count(), 2, "current + previous only");
+    assert!(
+        hook.verifies_with(&secrets[5]),
+        "the current secret verifies"
+    );
+    assert!(
+        hook.verifies_with(&secrets[4]),
+        "the previous one, in its grace"
+    );
+    for (n, old) in secrets[..4].iter().enumerate() {
+        assert!(!hook.verifies_with(old), "secret {n} was retired");
+    }
+    assert_eq!(app.count("signing_secrets").await, 2);
+}
+
+/// Rotating twice revokes a leaked secret at once, and rotation is rate
+/// limited per client (defaults: burst 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_twice_revokes_a_secret_and_rotation_is_rate_limited() {
+    let app = spawn_app_with(|s| s.delivery.secret_rotation_grace_s = 86_400).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    assert_eq!(app.settings.limits.rotation_burst, 3, "the default");
+    let token = app.token("acme", &["client"]);
+    let leaked = signing_secret(&app, &token).await;
+    rotate(&app, &token).await;
+    let current = rotate(&app, &token).await["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    post_command(&app, &token, "1").await;
+    let hook = &app.receiver.wait_for(1, Duration::from_secs(10)).await[0];
+    assert!(hook.verifies_with(&current));
+    assert!(!hook.verifies_with(&leaked), "revoked by two rotations");
+
+    rotate(&app, &token).await;
+    let resp = app.post(&token, "/v1/signing-secret/rotate").await;
+    assert_eq!(resp.status(), 429, "the fourth rotation at once");
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let wait: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(wait >= 1, "{wait}");
+    let problem: Value = resp.json().await.expect("json");
+    assert_eq!(problem["type"], "urn:hookrelay:problem:rate-limited");
+    // Another client has its own allowance.
+    let beta = app.token("beta", &["client"]);
+    rotate(&app, &beta).await;
 }

@@ -123,6 +123,16 @@ const DENIED: &[(&str, bool, &str)] = &[
     ("ff00::/8", true, "ff02::1"),
     ("2001:db8::/32", true, "2001:db8::1"),
     ("2001::/32", true, "2001:0:4136:e378::1"),
+    ("2001::/23", true, "2001:2::1"),
+    ("::/8", true, "::ffff:0:0:127.0.0.1"),
+    ("::ffff:0:0:0/96", true, "::ffff:0:127.0.0.1"),
+    ("::ffff:0:0:0/96", true, "::ffff:0:169.254.169.254"),
+    ("::ffff:0:0:0/96", true, "::ffff:0:10.0.0.1"),
+    ("100::/64", true, "100::1"),
+    ("fec0::/10", true, "fec0::1"),
+    ("64:ff9b:1::/48", true, "64:ff9b:1::a00:1"),
+    ("3fff::/20", true, "3fff::1"),
+    ("5f00::/16", true, "5f00::1"),
     ("::ffff:0:0/96", false, "::ffff:10.0.0.1"),
     ("::/96", false, "::192.168.0.1"),
     ("64:ff9b::/96", false, "64:ff9b::a9fe:a9fe"),
@@ -166,4 +176,32 @@ async fn every_denied_range_is_refused_as_a_literal_callback_host() {
         );
     }
     assert_eq!(app.count("commands").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_zero_is_refused_at_intake() {
+    for allow_private in [false, true] {
+        let app = spawn_app_with(|s| s.security.allow_private_callbacks = allow_private).await;
+        let token = app.token("acme", &["client"]);
+        for url in [
+            "https://partner.example:0/hooks",
+            "http://8.8.8.8:0/hooks",
+            "http://127.0.0.1:0/hooks",
+        ] {
+            let mut body = app.command("1", json!({}));
+            body["callback_url"] = json!(url);
+            let resp = app.post_command(&token, &body, None).await;
+            assert_eq!(
+                resp.status(),
+                422,
+                "{url} (allow_private = {allow_private})"
+            );
+            assert_eq!(
+                resp.json::<Value>().await.expect("json")["field"],
+                "callback_url",
+                "{url}"
+            );
+        }
+        assert_eq!(app.count("commands").await, 0);
+    }
 }

@@ -250,3 +250,31 @@ async fn a_deeply_nested_upstream_answer_is_kept_as_text() {
     let reader = app.token("audit", &["reader"]);
     assert_eq!(app.get(&reader, "/v1/commands").await.status(), 200);
 }
+
+/// A key sent twice answers 422 naming that key, not the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_key_is_named() {
+    let app = spawn_app().await;
+    let token = app.token("acme", &["client"]);
+    let send = |path: &str, body: String| {
+        app.http
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let command = format!(
+        r#"{{"integration": "httpbin", "operation": "create_thing", "operation": "ping",
+             "params": {{"thing_id": "1"}}, "callback_url": "{}"}}"#,
+        app.receiver.url()
+    );
+    let resp = send("/v1/commands", command).await.expect("send");
+    expect_problem(resp, 422, Some("operation")).await;
+    let batch = r#"{"queries": [{"integration": "httpbin", "query": "get_json", "query": "x"}]}"#;
+    let resp = send("/v1/queries/batch", batch.to_owned())
+        .await
+        .expect("send");
+    expect_problem(resp, 422, Some("queries[0].query")).await;
+    assert_nothing_written(&app).await;
+}
