@@ -109,7 +109,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (named in `field`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -191,6 +191,7 @@ pub async fn post_command(
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The stored secret does not open (encryption key missing from the configuration); rotating replaces it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -223,7 +224,7 @@ pub async fn get_signing_secret(
          headers(("Cache-Control" = String, description = "no-store"))),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -184,6 +184,20 @@ async fn every_route_answers_every_caller_as_the_table_says() {
                     "{method_name} {pattern} as {caller}"
                 );
             }
+            // Whatever it answered, the API description documents it.
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok());
+            if let Err(e) = crate::documented::check_documented(
+                &doc,
+                method_name,
+                pattern,
+                status,
+                content_type,
+            ) {
+                mismatches.push(format!("as {caller}: {e}"));
+            }
             if status != *expected {
                 mismatches.push(format!(
                     "{method_name} {pattern} as {caller}: expected {expected}, got {status}"
