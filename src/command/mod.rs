@@ -32,7 +32,7 @@ use crate::startup::WritePool;
 
 pub use intake::{Intake, IntakeOutcome, NewCommand};
 
-/// Body of `POST /v1/commands` (SPEC "POST /v1/commands").
+/// Body of `POST /v1/commands` (`docs/reference.md`, "POST /v1/commands").
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {

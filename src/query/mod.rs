@@ -233,7 +233,7 @@ fn retry_after_from(p50_ms: Option<f64>, default_s: u64, unit: f64) -> u64 {
     secs.clamp(lo, hi)
 }
 
-/// Where the callback stands (SPEC "The status document").
+/// Where the callback stands (`docs/reference.md`, "The status document").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CallbackState {
     /// The callback URL.
@@ -247,7 +247,7 @@ pub struct CallbackState {
     pub webhook_id: Option<Uuid>,
 }
 
-/// The status document of a command (SPEC "The status document").
+/// The status document of a command (`docs/reference.md`, "The status document").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusDocument {
     /// Command id (UUIDv7).
@@ -781,7 +781,7 @@ pub async fn list_attempts(
     result
 }
 
-/// A dead-lettered delivery (SPEC: at least `id`, `command_id`, `reason`,
+/// A dead-lettered delivery (`docs/reference.md`: `id`, `command_id`, `reason`,
 /// `last_error`, `attempts`, `dead_lettered_at`).
 #[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct DeadLetter {

@@ -881,7 +881,7 @@ async fn fetch(
             };
             policy.record_call(ticket, failed, resp.vendor, Some(started.elapsed()));
             // Passed on, a vendor's 401/403/407 would read as the caller's
-            // own token being refused (SPEC's 401/403), and a 3xx is never
+            // own token being refused (the API's 401/403), and a 3xx is never
             // followed (its Location is not passed on): both are the
             // gateway's failure, answered 502 (or a stale copy).
             let gateway_failure =

@@ -1,9 +1,11 @@
 //! The route × role table (src/authz.rs `RULES`), walked over real HTTP.
 //!
-//! The expected statuses below are written out by hand from SPEC "HTTP API";
-//! the test checks that they match what the server answers, that they cover
-//! every rule of the table, and that the table covers every operation of the
-//! OpenAPI document (so a new route cannot be added without a rule).
+//! The expected statuses below are written out by hand from the route table
+//! of `docs/reference.md`, "Authentication and roles"; the test checks that
+//! they match what the server answers (and that `/openapi.json` documents each
+//! answer), that they cover every rule of the table, and that the table
+//! covers every operation of the OpenAPI document (so a new route cannot be
+//! added without a rule).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

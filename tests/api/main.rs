@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod database;
 mod dead_letters;
+mod docs;
 mod documented;
 mod events;
 mod failures;
