@@ -1,6 +1,6 @@
 //! Authentication: `Authorization: Bearer <JWT>` becomes a typed [`Principal`].
 //!
-//! Tokens carry the claims fixed by SPEC "Authentication and roles": `sub`
+//! Tokens carry the claims of `docs/reference.md`, "Authentication and roles": `sub`
 //! (the client id), `roles` (array of strings) and `exp` (Unix seconds,
 //! required), plus optional `iat`, `nbf`, `iss`, `aud` and `jti` (RFC 7519).
 //! [`JwtKeys`] verifies them with exactly one configured algorithm
@@ -57,7 +57,7 @@ impl Role {
     }
 }
 
-/// JWT claims (SPEC: `sub`, `roles`, `exp`; RFC 7519 registered claims).
+/// JWT claims (`sub`, `roles`, `exp`; RFC 7519 registered claims).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     /// Client id.

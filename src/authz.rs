@@ -14,7 +14,7 @@
 //!
 //! Ownership is data-dependent and stays in the handlers: a client reading
 //! another client's command gets 404, so its existence does not leak
-//! (SPEC "Authentication and roles").
+//! (`docs/reference.md`, "Authentication and roles").
 //!
 //! `POST /v1/commands` and `GET /v1/queries/...` are authorized per operation
 //! and per query (`roles = [...]` in `[integrations.NAME.operations.OP]` and
@@ -81,7 +81,8 @@ const ADMIN: &[Role] = &[Role::Admin];
 const CLIENT: &[Role] = &[Role::Client];
 const ANY_ROLE: &[Role] = &[Role::Client, Role::Reader, Role::Admin];
 
-/// Every route the API serves and who may call it (SPEC "HTTP API").
+/// Every route the API serves and who may call it (`docs/reference.md`,
+/// "Authentication and roles").
 pub const RULES: &[Rule] = &[
     rule("POST", "/v1/commands", Access::Operation, Ownership::Own),
     rule(

@@ -1,6 +1,6 @@
 //! Typed, validated settings.
 //!
-//! Layering (later wins), as fixed by SPEC "Running":
+//! Layering (later wins), as documented in `docs/reference.md`, "Configuration":
 //! 1. `config/default.toml`, compiled into the binary so every key has a default;
 //! 2. the file named by `--config PATH` or `HOOKRELAY_CONFIG`;
 //! 3. environment variables `HOOKRELAY__SECTION__KEY` (double underscore nests);
@@ -75,7 +75,7 @@ pub enum ConfigError {
     Load(String),
 }
 
-/// A loader message on one line (SPEC: bad config prints one clear line):
+/// A loader message on one line (a bad configuration prints one clear line):
 /// the TOML parser's source snippet (`3 | foo =`, `  |     ^`) is dropped and
 /// the remaining lines are joined with `; `.
 fn one_line(message: &str) -> String {
@@ -672,10 +672,10 @@ pub struct OperationSettings {
 }
 
 /// Roles allowed to send a command when its operation sets no `roles`
-/// (SPEC: `POST /v1/commands` needs `client`).
+/// (`docs/reference.md`: `POST /v1/commands` needs `client`).
 pub const DEFAULT_OPERATION_ROLES: &[&str] = &["client"];
 
-/// Roles allowed to run a query when it sets no `roles` (SPEC:
+/// Roles allowed to run a query when it sets no `roles` (`docs/reference.md`:
 /// `GET /v1/queries/...` is for client, reader and admin).
 pub const DEFAULT_QUERY_ROLES: &[&str] = &["client", "reader", "admin"];
 
@@ -1104,7 +1104,7 @@ impl Settings {
                     "integration names use lowercase letters, digits, '_' and '-'",
                 ));
             }
-            // Development and test setups (SPEC: they set
+            // Development and test setups (they set
             // `security.allow_private_callbacks`) run their peers on loopback:
             // that switch trusts every integration as well.
             if self.security.allow_private_callbacks {

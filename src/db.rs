@@ -45,7 +45,7 @@ fn options(url: &str) -> Result<PgConnectOptions, DbError> {
             url: mask_url(url),
             cause: e.to_string(),
         })?;
-    // No TLS to a loopback Postgres unless configured (DESIGN): sqlx's
+    // No TLS to a loopback Postgres unless configured: sqlx's
     // default `prefer` would encrypt local traffic, unverified, for nothing.
     let ssl_configured =
         url.to_ascii_lowercase().contains("sslmode=") || std::env::var_os("PGSSLMODE").is_some();

@@ -29,7 +29,7 @@ pub const HEADER_TIMESTAMP: &str = "webhook-timestamp";
 /// Header carrying the `v1,` signatures.
 pub const HEADER_SIGNATURE: &str = "webhook-signature";
 
-/// The webhook body (SPEC "The webhook").
+/// The webhook body (`docs/reference.md`, "The webhook").
 #[derive(Debug, Serialize)]
 pub struct WebhookBody<'a> {
     /// `command.succeeded` or `command.failed`.
@@ -216,7 +216,8 @@ impl Sender {
             Err(e) => (None, None, Some(describe_transport_error(&e)), None),
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                // SPEC: only 429 and 503 carry a Retry-After we honour.
+                // Only 429 and 503 carry a Retry-After we honour
+                // (`docs/reference.md`, "The webhook").
                 let retry_after = matches!(status, 429 | 503)
                     .then(|| retry_after_of(&resp))
                     .flatten();

@@ -61,7 +61,7 @@ impl CallbackUrl {
 }
 
 /// A client-chosen `Idempotency-Key`: 1 to 255 visible ASCII characters
-/// (SPEC: "≤ 255 chars"; the IETF httpapi idempotency-key draft uses a string).
+/// (`docs/reference.md`; the IETF httpapi idempotency-key draft uses a string).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
@@ -115,7 +115,7 @@ pub fn reject_nul_param(field: &str, value: Option<&str>) -> Result<(), crate::e
     }
 }
 
-/// A command's lifecycle (SPEC "The status document").
+/// A command's lifecycle (`docs/reference.md`, "The status document").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandStatus {
@@ -163,7 +163,8 @@ impl fmt::Display for CommandStatus {
     }
 }
 
-/// A callback delivery's state (SPEC: `pending | delivered | dead_lettered`).
+/// A callback delivery's state: `pending | delivered | dead_lettered`
+/// (`docs/reference.md`, "The status document").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {

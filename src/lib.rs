@@ -3,8 +3,9 @@
 //! A client sends a **command** (a write against a third-party API) with a
 //! callback URL; hookrelay answers 202 at once, keeps the work in a durable
 //! Postgres **outbox**, performs the upstream call and delivers the result as a
-//! signed webhook (Standard Webhooks). The public contract is `SPEC.md`; the
-//! architecture is in `docs/architecture.md`.
+//! signed webhook (Standard Webhooks). The public interface (CLI, configuration,
+//! HTTP API, webhook) is described in `docs/reference.md`; the architecture
+//! in `docs/architecture.md`.
 //!
 //! # Layout
 //!

@@ -1,4 +1,5 @@
-//! The `hookrelay` binary: `serve`, `migrate` and `token` (SPEC "Running"),
+//! The `hookrelay` binary: `serve`, `migrate` and `token` (`docs/reference.md`,
+//! "Command line"),
 //! `reseal-secrets` for retiring a signing-secret encryption key, and
 //! `reseal-jobs` for retiring a job MAC key.
 

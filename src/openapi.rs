@@ -68,9 +68,28 @@ impl Modify for BearerAuth {
 ///
 /// A route that documents one of these statuses itself keeps its own answer
 /// (a 429 of its own gets the rate limit added to its description).
+///
+/// Two more answers that depend on the route, not on the handler:
+///
+/// - `404` on the admin paths ([`crate::limits::is_admin_path`]): with
+///   `server.admin_bind` set they are served only on the admin listener, and
+///   the main listener answers 404;
+/// - every `503` (database unavailable, breaker open, too many streams) carries
+///   `Retry-After` in seconds, so each documented 503 declares that header.
 struct LimitResponses;
 
 impl LimitResponses {
+    /// The `Retry-After` response header (RFC 9110 §10.2.3), whole seconds.
+    fn retry_after_header() -> utoipa::openapi::header::Header {
+        utoipa::openapi::header::HeaderBuilder::new()
+            .schema(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Integer),
+            )
+            .description(Some("Seconds to wait before trying again"))
+            .build()
+    }
+
     fn problem(description: &str, retry_after: bool) -> utoipa::openapi::Response {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let mut response = ResponseBuilder::new().description(description).content(
@@ -80,16 +99,7 @@ impl LimitResponses {
                 .build(),
         );
         if retry_after {
-            response = response.header(
-                "Retry-After",
-                utoipa::openapi::header::HeaderBuilder::new()
-                    .schema(
-                        utoipa::openapi::ObjectBuilder::new()
-                            .schema_type(utoipa::openapi::schema::Type::Integer),
-                    )
-                    .description(Some("Seconds until a request is allowed again"))
-                    .build(),
-            );
+            response = response.header("Retry-After", Self::retry_after_header());
         }
         response.build()
     }
@@ -117,6 +127,12 @@ impl Modify for LimitResponses {
                 "Request body over `server.body_limit_bytes`",
                 false,
             ),
+            (
+                "404",
+                "AdminListenerOnly",
+                "Not served on this listener: with `server.admin_bind` set, this route is served only on the admin listener",
+                false,
+            ),
         ];
         let components = openapi.components.get_or_insert_with(Default::default);
         for (_, name, description, retry_after) in answers {
@@ -138,6 +154,7 @@ impl Modify for LimitResponses {
                     let applies = match status {
                         "429" => !crate::limits::is_exempt(path),
                         "413" => op.request_body.is_some(),
+                        "404" => crate::limits::is_admin_path(path),
                         _ => true,
                     };
                     if !applies {
@@ -146,7 +163,7 @@ impl Modify for LimitResponses {
                     match op.responses.responses.get_mut(status) {
                         // The upstream query's own 429 (throttled) is a
                         // different cause with the same answer: name both.
-                        Some(RefOr::T(own)) if status == "429" => {
+                        Some(RefOr::T(own)) if matches!(status, "429" | "404") => {
                             own.description = format!("{}; or: {description}", own.description);
                         }
                         Some(_) => {}
@@ -157,6 +174,12 @@ impl Modify for LimitResponses {
                             );
                         }
                     }
+                }
+                if let Some(RefOr::T(unavailable)) = op.responses.responses.get_mut("503") {
+                    unavailable
+                        .headers
+                        .entry("Retry-After".to_owned())
+                        .or_insert_with(Self::retry_after_header);
                 }
             }
         }

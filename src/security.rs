@@ -383,7 +383,7 @@ async fn active_sealed(pool: &sqlx::PgPool, client_id: &str) -> sqlx::Result<Vec
 }
 
 /// The client's active signing secrets, opened, newest first, creating the
-/// first one if the client has none ("created on first use", SPEC). Concurrent
+/// first one if the client has none ("created on first use"). Concurrent
 /// first uses converge on one secret (per-client lock and the partial unique
 /// index on the current secret). Values that do not open are logged and left
 /// out ([`SecretSealer::open_all`]), so the result can be empty.

@@ -32,7 +32,7 @@ use crate::startup::WritePool;
 
 pub use intake::{Intake, IntakeOutcome, NewCommand};
 
-/// Body of `POST /v1/commands` (SPEC "POST /v1/commands").
+/// Body of `POST /v1/commands` (`docs/reference.md`, "POST /v1/commands").
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandRequest {
@@ -111,7 +111,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (named in `field`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -193,6 +193,7 @@ pub async fn post_command(
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The stored secret does not open (encryption key missing from the configuration); rotating replaces it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -230,7 +231,7 @@ pub async fn get_signing_secret(
         (status = 403, description = "Token lacks the client role", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rotated too often (`limits.rotations_per_hour`)", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64))),
-        (status = 503, description = "Database unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -65,8 +65,9 @@ pub const MAX_BULK_REPLAY: i64 = 10_000;
         (status = 202, description = "Re-enqueued", body = Replayed),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such delivery", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The delivery is not dead-lettered, or was quarantined for integrity", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such delivery, or an id that is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The delivery is not dead-lettered, was quarantined for integrity, or is being replayed by another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -113,18 +114,26 @@ pub async fn replay_one(
     request_body(content = BulkReplayRequest, description = "Optional filter; empty replays all"),
     responses(
         (status = 202, description = "Re-enqueued; how many", body = BulkReplayed),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over `server.body_limit_bytes`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid filter (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 #[tracing::instrument(name = "replay_dead_letters", target = "hookrelay::command", skip_all)]
 pub async fn replay_bulk(
     principal: Principal,
-    body: web::Bytes,
+    payload: web::Payload,
+    settings: web::Data<std::sync::Arc<crate::config::Settings>>,
     pool: web::Data<WritePool>,
 ) -> Result<HttpResponse, ApiError> {
+    // Read like every other body: up to `server.body_limit_bytes`, beyond
+    // that a 413 problem document (not actix's own plain-text answer at its
+    // 256 KiB default).
+    let body = super::read_limited(payload, settings.server.body_limit_bytes).await?;
     let request: BulkReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BulkReplayRequest::default()
     } else {

@@ -84,9 +84,9 @@ fn resume_point(req: &HttpRequest, param: Option<&str>) -> Result<Option<Cursor>
     responses(
         (status = 200, description = "An endless `text/event-stream`: `id: <xid>-<id>`, `event: <type>` (command.accepted, command.in_progress, command.succeeded, command.failed, callback.delivered, callback.dead_lettered, callback.replayed), `data: <JSON>` with command_id, client_id, type, status, integration, operation, occurred_at (+ status_code, callback)", content_type = "text/event-stream", body = String),
         (status = 401, description = "No or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Another client's events", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad `Last-Event-ID` / `last_event_id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many open streams (`events.max_streams`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another client's events (`client_id` of a client token), or a token with none of the roles client, reader, admin", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `Last-Event-ID` / `last_event_id` / `client_id`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams (`events.max_streams`), or the database is unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -133,9 +133,10 @@ pub async fn stream_events(
     responses(
         (status = 200, description = "An endless `text/event-stream` of this command's events, oldest first (same format as `/v1/events`)", content_type = "text/event-stream", body = String),
         (status = 401, description = "No or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such command, or not yours", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token has none of the roles client, reader, admin", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such command, not yours, or an id that is not a UUID", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad `Last-Event-ID` / `last_event_id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many open streams (`events.max_streams`)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams (`events.max_streams`), or the database is unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

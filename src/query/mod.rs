@@ -232,7 +232,7 @@ fn retry_after_from(p50_ms: Option<f64>, default_s: u64, unit: f64) -> u64 {
     secs.clamp(lo, hi)
 }
 
-/// Where the callback stands (SPEC "The status document").
+/// Where the callback stands (`docs/reference.md`, "The status document").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CallbackState {
     /// The callback URL.
@@ -246,7 +246,7 @@ pub struct CallbackState {
     pub webhook_id: Option<Uuid>,
 }
 
-/// The status document of a command (SPEC "The status document").
+/// The status document of a command (`docs/reference.md`, "The status document").
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusDocument {
     /// Command id (UUIDv7).
@@ -429,8 +429,10 @@ fn etag(doc: &StatusDocument) -> String {
         (status = 200, description = "The status document", body = StatusDocument, headers(("ETag" = String), ("Retry-After" = u64, description = "Suggested polling delay while not finished, seconds"))),
         (status = 304, description = "Unchanged since the If-None-Match version"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such command, or not yours", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad `wait`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token has none of the roles client, reader, admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such command, not yours, or an id that is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `wait` (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -608,7 +610,9 @@ fn page_limit(limit: Option<&str>) -> Result<i64, ApiError> {
     responses(
         (status = 200, description = "A page of status documents", body = CommandPage),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token has none of the roles client, reader, admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `limit`, `cursor`, `status` or `integration` (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -720,7 +724,10 @@ pub struct AttemptParams {
     responses(
         (status = 200, description = "A page of attempts", body = AttemptPage),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such command, or not yours", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token has none of the roles client, reader, admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such command, not yours, or an id that is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `limit` or `cursor` (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -774,7 +781,7 @@ pub async fn list_attempts(
     result
 }
 
-/// A dead-lettered delivery (SPEC: at least `id`, `command_id`, `reason`,
+/// A dead-lettered delivery (`docs/reference.md`: `id`, `command_id`, `reason`,
 /// `last_error`, `attempts`, `dead_lettered_at`).
 #[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct DeadLetter {
@@ -866,7 +873,8 @@ fn parse_dead_letter_cursor(raw: &str) -> Result<(chrono::DateTime<chrono::Utc>,
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `limit`, `cursor`, `since`, `until`, `integration` or `client_id` (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

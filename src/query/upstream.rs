@@ -350,9 +350,13 @@ struct QueryContext<'a> {
     get, path = "/v1/queries/{integration}/{query}", tag = "queries",
     params(("integration" = String, Path), ("query" = String, Path)),
     responses(
-        (status = 200, description = "The upstream's response (headers X-Cache: hit|miss|stale, Age)"),
+        (status = 200, description = "The upstream's response, with its Content-Type (headers X-Cache: hit|miss|stale, Age; X-Fallback: true when a fallback answered)"),
+        (status = "2XX", description = "Another success status of the upstream, passed on with its body and Content-Type"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such integration or query", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks a role this query allows (`roles`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such integration or query (a problem document); or the upstream's own 404, passed on with its body and Content-Type",
+         content((Problem = "application/problem+json"), ("*/*"))),
+        (status = "4XX", description = "Another client error of the upstream (not 401, 403, 407, 408 or 429, which answer 502 or are retried), passed on with its body and Content-Type"),
         (status = 429, description = "Throttled and no stale copy (Retry-After)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Upstream failed (5xx, timeout), redirected (3xx, never followed) or refused the integration's credential (401, 403, 407), and no stale copy", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Circuit breaker open and no stale copy (Retry-After)", body = Problem, content_type = "application/problem+json"),
@@ -701,7 +705,8 @@ fn batch_query_string(
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks the client, reader or admin role", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "No queries, or more than `query.batch_max_queries` (field `queries`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No queries, more than `query.batch_max_queries` (field `queries`), or an invalid entry (named in `field`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -876,7 +881,7 @@ async fn fetch(
             };
             policy.record_call(ticket, failed, resp.vendor, Some(started.elapsed()));
             // Passed on, a vendor's 401/403/407 would read as the caller's
-            // own token being refused (SPEC's 401/403), and a 3xx is never
+            // own token being refused (the API's 401/403), and a 3xx is never
             // followed (its Location is not passed on): both are the
             // gateway's failure, answered 502 (or a stale copy).
             let gateway_failure =

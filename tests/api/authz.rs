@@ -1,9 +1,11 @@
 //! The route × role table (src/authz.rs `RULES`), walked over real HTTP.
 //!
-//! The expected statuses below are written out by hand from SPEC "HTTP API";
-//! the test checks that they match what the server answers, that they cover
-//! every rule of the table, and that the table covers every operation of the
-//! OpenAPI document (so a new route cannot be added without a rule).
+//! The expected statuses below are written out by hand from the route table
+//! of `docs/reference.md`, "Authentication and roles"; the test checks that
+//! they match what the server answers (and that `/openapi.json` documents each
+//! answer), that they cover every rule of the table, and that the table
+//! covers every operation of the OpenAPI document (so a new route cannot be
+//! added without a rule).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -183,6 +185,20 @@ async fn every_route_answers_every_caller_as_the_table_says() {
                     "application/problem+json",
                     "{method_name} {pattern} as {caller}"
                 );
+            }
+            // Whatever it answered, the API description documents it.
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok());
+            if let Err(e) = crate::documented::check_documented(
+                &doc,
+                method_name,
+                pattern,
+                status,
+                content_type,
+            ) {
+                mismatches.push(format!("as {caller}: {e}"));
             }
             if status != *expected {
                 mismatches.push(format!(

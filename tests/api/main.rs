@@ -8,6 +8,8 @@ mod cli;
 mod crash;
 mod database;
 mod dead_letters;
+mod docs;
+mod documented;
 mod durability;
 mod events;
 mod failures;
