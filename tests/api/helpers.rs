@@ -313,13 +313,27 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_with_settings(settings, upstream, ServeRole::All).await
 }
 
+/// Installs the process's log subscriber once, writing through libtest's
+/// capture: a passing test prints nothing, a failing one shows its server
+/// logs with its failure. `RUST_LOG` overrides the filter; `--nocapture`
+/// shows everything.
+fn capture_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .compact()
+        .try_init();
+}
+
 pub async fn spawn_with_settings(
     settings: Settings,
     upstream: MockServer,
     role: ServeRole,
 ) -> TestApp {
     let settings = settings.validate().expect("valid test settings");
-    hookrelay::telemetry::init(&settings.telemetry);
+    capture_logs(&settings.telemetry.filter);
     let receiver = TestReceiver::start().await;
     let app = Application::build(settings.clone(), role)
         .await
