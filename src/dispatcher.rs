@@ -469,6 +469,17 @@ async fn fail_undecodable(
         )
         .await;
     }
+    dead_letter_unsent(ctx, job, why, "undecodable").await
+}
+
+/// Dead-letters a deliver job with `reason` without sending anything; the
+/// attempt log records why (`error` = `why`, no response).
+async fn dead_letter_unsent(
+    ctx: &DispatchContext,
+    job: &ClaimedJob,
+    why: String,
+    reason: &'static str,
+) -> sqlx::Result<bool> {
     record(
         ctx,
         job.id,
@@ -476,7 +487,7 @@ async fn fail_undecodable(
             job_id: job.id,
             lease_token: job.lease_token,
             outcome: crate::delivery::AttemptOutcome::not_sent(why),
-            next: AfterAttempt::DeadLettered("undecodable"),
+            next: AfterAttempt::DeadLettered(reason),
             trigger: job.trigger.clone(),
         }),
     )
@@ -545,18 +556,7 @@ async fn give_up(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     );
     tracing::error!(job_id = job.id, kind = %job.kind, "{why}");
     if job.kind == "deliver" {
-        return record(
-            ctx,
-            job.id,
-            Outcome::Attempt(AttemptRecord {
-                job_id: job.id,
-                lease_token: job.lease_token,
-                outcome: crate::delivery::AttemptOutcome::not_sent(why),
-                next: AfterAttempt::DeadLettered("abandoned"),
-                trigger: job.trigger.clone(),
-            }),
-        )
-        .await;
+        return dead_letter_unsent(ctx, job, why, "abandoned").await;
     }
     let result = UpstreamResult::no_response(why);
     finish(ctx, job, CommandStatus::Failed, &result).await

@@ -362,6 +362,20 @@ impl Encoder {
         e
     }
 
+    /// An execute seal's fields before `params` (the same in `v1` and `v2`).
+    fn execute_head(&mut self, f: &ExecuteSeal<'_>) {
+        self.bytes(f.command_id.as_bytes());
+        for field in [f.client_id, f.integration, f.operation, f.method, f.path] {
+            self.bytes(field.as_bytes());
+        }
+    }
+
+    /// An execute seal's fields after `body`.
+    fn execute_tail(&mut self, f: &ExecuteSeal<'_>) {
+        self.bytes(f.callback_url.as_bytes());
+        self.opt(f.idempotency_key);
+    }
+
     fn len(&mut self, n: usize) {
         self.0.extend_from_slice(&(n as u64).to_be_bytes());
     }
@@ -436,16 +450,10 @@ impl Encoder {
 
 fn encode_execute(f: &ExecuteSeal<'_>) -> Vec<u8> {
     let mut e = Encoder::new("execute");
-    e.bytes(f.command_id.as_bytes());
-    e.bytes(f.client_id.as_bytes());
-    e.bytes(f.integration.as_bytes());
-    e.bytes(f.operation.as_bytes());
-    e.bytes(f.method.as_bytes());
-    e.bytes(f.path.as_bytes());
+    e.execute_head(f);
     e.bytes(f.params.as_bytes());
     e.opt(f.body);
-    e.bytes(f.callback_url.as_bytes());
-    e.opt(f.idempotency_key);
+    e.execute_tail(f);
     e.0
 }
 
@@ -458,12 +466,7 @@ fn encode_execute_legacy(f: &ExecuteSeal<'_>) -> Option<Vec<u8>> {
         Some(b) => Some(serde_json::from_str(b).ok()?),
     };
     let mut e = Encoder::labelled(LEGACY_LABEL, "execute");
-    e.bytes(f.command_id.as_bytes());
-    e.bytes(f.client_id.as_bytes());
-    e.bytes(f.integration.as_bytes());
-    e.bytes(f.operation.as_bytes());
-    e.bytes(f.method.as_bytes());
-    e.bytes(f.path.as_bytes());
+    e.execute_head(f);
     e.json(&params);
     match &body {
         None => e.0.push(0),
@@ -472,8 +475,7 @@ fn encode_execute_legacy(f: &ExecuteSeal<'_>) -> Option<Vec<u8>> {
             e.json(b);
         }
     }
-    e.bytes(f.callback_url.as_bytes());
-    e.opt(f.idempotency_key);
+    e.execute_tail(f);
     Some(e.0)
 }
 
@@ -620,21 +622,11 @@ mod tests {
         let sent: Value = serde_json::from_str(r#"{"b": 1e2, "a": {"y": 1.5}}"#).expect("json");
         let fields = execute(params, Some(r#"{"a": {"y": 1.5}, "b": 100}"#));
         let mut e = Encoder::labelled(LEGACY_LABEL, "execute");
-        e.bytes(fields.command_id.as_bytes());
-        for f in [
-            fields.client_id,
-            fields.integration,
-            fields.operation,
-            fields.method,
-            fields.path,
-        ] {
-            e.bytes(f.as_bytes());
-        }
+        e.execute_head(&fields);
         e.json(&serde_json::from_str(params).expect("json"));
         e.0.push(1);
         e.json(&sent);
-        e.bytes(fields.callback_url.as_bytes());
-        e.opt(fields.idempotency_key);
+        e.execute_tail(&fields);
         let legacy = s.seal(&e.0);
         assert_eq!(s.verify_execute(Some(&legacy), &fields), Ok(()));
         let altered = execute(params, Some(r#"{"a": {"y": 1.5}, "b": 101}"#));
