@@ -26,9 +26,9 @@ use utoipa::IntoParams;
 
 use crate::auth::Principal;
 use crate::config::Settings;
+use crate::db::{ReadPool, WritePool};
 use crate::error::ApiError;
 use crate::events::{Cursor, Event, EventFeed, EventFilter};
-use crate::startup::{ReadPool, WritePool};
 
 /// The `Last-Event-ID` request header (WHATWG HTML, server-sent events).
 pub const LAST_EVENT_ID: &str = "Last-Event-ID";

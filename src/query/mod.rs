@@ -33,12 +33,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::command::NewCommand;
+use crate::db::{ReadPool, WritePool};
 use crate::domain::{CommandStatus, DeliveryStatus};
 use crate::error::{ApiError, Problem};
 use crate::integration::UpstreamResult;
 use crate::resilience::Policies;
-use crate::startup::{ReadPool, WritePool};
 
 use cache::{CachedStatus, RecentWriters, StatusCache};
 use longpoll::LongPoll;
@@ -265,27 +264,6 @@ pub struct StatusDocument {
     pub result: Option<UpstreamResult>,
     /// The callback's state.
     pub callback: CallbackState,
-}
-
-impl StatusDocument {
-    /// The document of a command that was just accepted.
-    pub fn accepted(c: &NewCommand, created_at: chrono::DateTime<chrono::Utc>) -> Self {
-        StatusDocument {
-            id: c.id,
-            status: CommandStatus::Accepted,
-            integration: c.integration.clone(),
-            operation: c.operation.clone(),
-            created_at,
-            updated_at: created_at,
-            result: None,
-            callback: CallbackState {
-                url: c.callback_url.clone(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                webhook_id: None,
-            },
-        }
-    }
 }
 
 #[derive(sqlx::FromRow)]
