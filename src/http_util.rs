@@ -116,6 +116,21 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// Refuses a text parameter containing NUL (Postgres text cannot hold it), so
+/// the caller gets a 422 naming `field` instead of a database error.
+///
+/// # Errors
+/// 422 naming `field`.
+pub fn reject_nul_param(field: &str, value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.contains('\0') => Err(ApiError::validation(
+            field,
+            "must not contain the NUL character",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Accepts a request whose `Content-Type` is absent, `application/json` or a
 /// `+json` type (RFC 6839 §3.1); parameters such as `charset` are ignored.
 ///

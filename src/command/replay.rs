@@ -143,7 +143,7 @@ pub async fn replay_bulk(
         ("integration", &request.integration),
         ("client_id", &request.client_id),
     ] {
-        crate::domain::reject_nul_param(field, value.as_deref())?;
+        crate::http_util::reject_nul_param(field, value.as_deref())?;
     }
     for (field, value) in [("since", request.since), ("until", request.until)] {
         if value.is_some_and(|t| !crate::domain::storable_time(&t)) {

@@ -98,7 +98,7 @@ pub async fn stream_events(
     feed: web::Data<EventFeed>,
     settings: web::Data<Arc<Settings>>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::domain::reject_nul_param("client_id", params.client_id.as_deref())?;
+    crate::http_util::reject_nul_param("client_id", params.client_id.as_deref())?;
     let client_id = if principal.reads_all() {
         params.client_id.clone()
     } else {

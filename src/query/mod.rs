@@ -622,7 +622,7 @@ pub async fn list_commands(
                     .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
             })
             .transpose()?;
-        crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::http_util::reject_nul_param("integration", params.integration.as_deref())?;
         let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
         let rows: Vec<StatusRow> = sqlx::query_as(&format!(
             r#"{STATUS_SELECT}
@@ -867,8 +867,8 @@ pub async fn list_dead_letters(
     let result = async {
         let pool = &read.0;
         let limit = page_limit(params.limit.as_deref())?;
-        crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
-        crate::domain::reject_nul_param("client_id", params.client_id.as_deref())?;
+        crate::http_util::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::http_util::reject_nul_param("client_id", params.client_id.as_deref())?;
         let since = parse_time("since", params.since.as_deref())?;
         let until = parse_time("until", params.until.as_deref())?;
         let cursor = params
