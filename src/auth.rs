@@ -18,44 +18,13 @@ use std::future::{ready, Ready};
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage, HttpRequest};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::config::{AuthSettings, ConfigError};
+use crate::config::{AuthSettings, ConfigError, TokenKeys};
 use crate::error::ApiError;
 
-/// A role from the token's `roles` claim. Unknown role names are ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Sends commands, reads its own commands, manages its own signing secret.
-    Client,
-    /// Everything, including dead letters and replay.
-    Admin,
-    /// Read-only access to every client's commands.
-    Reader,
-}
-
-impl Role {
-    /// Parses a role name as it appears in the `roles` claim.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "client" => Some(Role::Client),
-            "admin" => Some(Role::Admin),
-            "reader" => Some(Role::Reader),
-            _ => None,
-        }
-    }
-
-    /// The role's name in tokens and configuration.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Admin => "admin",
-            Role::Reader => "reader",
-        }
-    }
-}
+pub use crate::domain::Role;
 
 /// JWT claims (`sub`, `roles`, `exp`; RFC 7519 registered claims).
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,14 +104,6 @@ impl Principal {
     }
 }
 
-/// The signing algorithms `auth.algorithm` may name.
-const ALGORITHMS: &[(&str, Algorithm)] = &[
-    ("HS256", Algorithm::HS256),
-    ("RS256", Algorithm::RS256),
-    ("ES256", Algorithm::ES256),
-    ("EdDSA", Algorithm::EdDSA),
-];
-
 /// Longest accepted `jti`, characters.
 const MAX_JTI_LEN: usize = 255;
 
@@ -160,19 +121,6 @@ pub struct JwtKeys {
     require_jti: bool,
 }
 
-fn read_key(key: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
-    if path.trim().is_empty() {
-        return Err(ConfigError::Invalid {
-            key: key.into(),
-            problem: "must name a PEM key file for this auth.algorithm".into(),
-        });
-    }
-    std::fs::read(path).map_err(|e| ConfigError::Invalid {
-        key: key.into(),
-        problem: format!("cannot read {path}: {e}"),
-    })
-}
-
 impl JwtKeys {
     /// Builds the keys and validation rules from `[auth]`: reads
     /// `public_key_file` (and `private_key_file` when set) for the asymmetric
@@ -183,61 +131,11 @@ impl JwtKeys {
     /// under 32 bytes (HS256), or a key file that is missing, unreadable or not
     /// a PEM key of the algorithm's type.
     pub fn new(settings: &AuthSettings) -> Result<Self, ConfigError> {
-        let bad = |key: &str, problem: String| ConfigError::Invalid {
-            key: key.into(),
-            problem,
-        };
-        let algorithm = ALGORITHMS
-            .iter()
-            .find(|(name, _)| *name == settings.algorithm)
-            .map(|(_, a)| *a)
-            .ok_or_else(|| {
-                bad(
-                    "auth.algorithm",
-                    format!(
-                        "`{}` is not accepted; use HS256, RS256, ES256 or EdDSA",
-                        settings.algorithm
-                    ),
-                )
-            })?;
-        let (encoding, decoding) = if algorithm == Algorithm::HS256 {
-            let secret = settings.jwt_secret.expose_secret().as_bytes();
-            if secret.len() < 32 {
-                return Err(bad("auth.jwt_secret", "must be at least 32 bytes".into()));
-            }
-            (
-                Some(EncodingKey::from_secret(secret)),
-                DecodingKey::from_secret(secret),
-            )
-        } else {
-            let public = read_key("auth.public_key_file", &settings.public_key_file)?;
-            let not_key = |key: &str, e: jsonwebtoken::errors::Error| {
-                bad(
-                    key,
-                    format!("is not a PEM key for {}: {e}", settings.algorithm),
-                )
-            };
-            let decoding = match algorithm {
-                Algorithm::RS256 => DecodingKey::from_rsa_pem(&public),
-                Algorithm::ES256 => DecodingKey::from_ec_pem(&public),
-                _ => DecodingKey::from_ed_pem(&public),
-            }
-            .map_err(|e| not_key("auth.public_key_file", e))?;
-            let encoding = if settings.private_key_file.trim().is_empty() {
-                None
-            } else {
-                let private = read_key("auth.private_key_file", &settings.private_key_file)?;
-                Some(
-                    match algorithm {
-                        Algorithm::RS256 => EncodingKey::from_rsa_pem(&private),
-                        Algorithm::ES256 => EncodingKey::from_ec_pem(&private),
-                        _ => EncodingKey::from_ed_pem(&private),
-                    }
-                    .map_err(|e| not_key("auth.private_key_file", e))?,
-                )
-            };
-            (encoding, decoding)
-        };
+        let TokenKeys {
+            algorithm,
+            encoding,
+            decoding,
+        } = settings.token_keys()?;
         let issuer = Some(settings.issuer.trim().to_owned()).filter(|s| !s.is_empty());
         let audience = Some(settings.audience.trim().to_owned()).filter(|s| !s.is_empty());
         // Exactly one algorithm: the header's `alg` must be it (no `none`, no

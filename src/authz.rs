@@ -33,8 +33,8 @@ use crate::auth::{Principal, Role};
 use crate::config::{
     OperationSettings, QuerySettings, Settings, DEFAULT_OPERATION_ROLES, DEFAULT_QUERY_ROLES,
 };
+use crate::db::WritePool;
 use crate::error::ApiError;
-use crate::startup::WritePool;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -889,13 +890,17 @@ impl Settings {
                 format!("must be 1 to {MAX_TOKEN_LIFETIME_S} seconds (30 days)"),
             ));
         }
-        // Algorithm, secret length and key files: the same code that serves.
-        crate::auth::JwtKeys::new(&self.auth)?;
-        crate::security::SecretSealer::from_keys(&self.security.signing_key_encryption_keys)
-            .map_err(|e| invalid("security.signing_key_encryption_keys", e.to_string()))?;
-        match crate::seal::JobSealer::from_keys(&self.security.job_mac_keys) {
+        // Algorithm, secret length and key files: the same parsing that
+        // `auth::JwtKeys` uses; key lists: the same parsing the sealers use.
+        self.auth.token_keys()?;
+        crate::domain::parse_keys(
+            &self.security.signing_key_encryption_keys,
+            crate::domain::ENCRYPTION_KEY_BYTES,
+        )
+        .map_err(|e| invalid("security.signing_key_encryption_keys", e.to_string()))?;
+        match crate::domain::parse_keys(&self.security.job_mac_keys, crate::domain::MAC_KEY_BYTES) {
             Ok(_) => {}
-            Err(crate::security::KeyConfigError::Empty) => {
+            Err(crate::domain::KeyConfigError::Empty) => {
                 return Err(invalid(
                     "security.job_mac_keys",
                     "needs at least one `id:base64` key (the first one seals new jobs)",
@@ -1005,7 +1010,7 @@ impl Settings {
                 &self.maintenance.purge_events_cron,
             ),
         ] {
-            crate::maintenance::parse_cron(expr)
+            crate::domain::parse_cron(expr)
                 .map_err(|e| invalid(key, format!("is not a cron expression ({e})")))?;
         }
         if !(0.0..=10.0).contains(&self.resilience.retry_budget_ratio) {
@@ -1199,8 +1204,8 @@ impl Settings {
                         if i == name {
                             return Err(invalid(&key, "must name another integration"));
                         }
-                        let own = crate::integration::PathTemplate::parse(&settings.path).map_err(|p| invalid(&key, p))?;
-                        let theirs = crate::integration::PathTemplate::parse(&target.path).map_err(|p| invalid(&key, p))?;
+                        let own = crate::domain::PathTemplate::parse(&settings.path).map_err(|p| invalid(&key, p))?;
+                        let theirs = crate::domain::PathTemplate::parse(&target.path).map_err(|p| invalid(&key, p))?;
                         let own: Vec<&str> = own.params().collect();
                         let missing = theirs.params().find(|p| !own.contains(p)).map(str::to_owned);
                         if let Some(p) = missing {
@@ -1231,7 +1236,7 @@ impl IntegrationSettings {
         }
         if !self.trusted {
             if let Some(host) = self.base_url.host() {
-                if crate::security::is_private_host(&host) {
+                if crate::domain::is_private_host(&host) {
                     return Err(invalid(
                         format!("{key}.base_url"),
                         format!("{host} is not a public address; set `{key}.trusted = true` if this is an internal API you control"),
@@ -1305,7 +1310,7 @@ impl IntegrationSettings {
                     "operation names use lowercase letters, digits, '_' and '-'",
                 ));
             }
-            crate::integration::PathTemplate::parse(&settings.path)
+            crate::domain::PathTemplate::parse(&settings.path)
                 .map_err(|p| invalid(format!("{key}.operations.{op}.path"), p))?;
             check_roles(
                 &format!("{key}.operations.{op}.roles"),
@@ -1319,7 +1324,7 @@ impl IntegrationSettings {
                     "query names use lowercase letters, digits, '_' and '-'",
                 ));
             }
-            crate::integration::PathTemplate::parse(&settings.path)
+            crate::domain::PathTemplate::parse(&settings.path)
                 .map_err(|p| invalid(format!("{key}.queries.{q}.path"), p))?;
             check_roles(
                 &format!("{key}.queries.{q}.roles"),
@@ -1327,6 +1332,108 @@ impl IntegrationSettings {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The signing algorithms `auth.algorithm` may name.
+const ALGORITHMS: &[(&str, Algorithm)] = &[
+    ("HS256", Algorithm::HS256),
+    ("RS256", Algorithm::RS256),
+    ("ES256", Algorithm::ES256),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+fn read_key(key: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
+    if path.trim().is_empty() {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            problem: "must name a PEM key file for this auth.algorithm".into(),
+        });
+    }
+    std::fs::read(path).map_err(|e| ConfigError::Invalid {
+        key: key.into(),
+        problem: format!("cannot read {path}: {e}"),
+    })
+}
+
+/// The token keys of `[auth]`, read and parsed: what `auth::JwtKeys` is
+/// built from, and what validation checks so a bad key fails at load.
+pub struct TokenKeys {
+    /// The one accepted algorithm (`auth.algorithm`).
+    pub algorithm: Algorithm,
+    /// Signing key: the HS256 secret, or `auth.private_key_file` when set.
+    pub encoding: Option<EncodingKey>,
+    /// Verifying key: the HS256 secret, or `auth.public_key_file`.
+    pub decoding: DecodingKey,
+}
+
+impl AuthSettings {
+    /// Reads and parses the keys of `auth.algorithm` (RFC 7518/8037): the
+    /// HS256 `jwt_secret`, or the PEM files `public_key_file` (and
+    /// `private_key_file` when set) for RS256, ES256 and EdDSA.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key: unknown `auth.algorithm`, a `jwt_secret`
+    /// under 32 bytes (HS256), or a key file that is missing, unreadable or not
+    /// a PEM key of the algorithm's type.
+    pub fn token_keys(&self) -> Result<TokenKeys, ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Invalid {
+            key: key.into(),
+            problem,
+        };
+        let algorithm = ALGORITHMS
+            .iter()
+            .find(|(name, _)| *name == self.algorithm)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| {
+                bad(
+                    "auth.algorithm",
+                    format!(
+                        "`{}` is not accepted; use HS256, RS256, ES256 or EdDSA",
+                        self.algorithm
+                    ),
+                )
+            })?;
+        let (encoding, decoding) = if algorithm == Algorithm::HS256 {
+            let secret = self.jwt_secret.expose_secret().as_bytes();
+            if secret.len() < 32 {
+                return Err(bad("auth.jwt_secret", "must be at least 32 bytes".into()));
+            }
+            (
+                Some(EncodingKey::from_secret(secret)),
+                DecodingKey::from_secret(secret),
+            )
+        } else {
+            let public = read_key("auth.public_key_file", &self.public_key_file)?;
+            let not_key = |key: &str, e: jsonwebtoken::errors::Error| {
+                bad(key, format!("is not a PEM key for {}: {e}", self.algorithm))
+            };
+            let decoding = match algorithm {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(&public),
+                Algorithm::ES256 => DecodingKey::from_ec_pem(&public),
+                _ => DecodingKey::from_ed_pem(&public),
+            }
+            .map_err(|e| not_key("auth.public_key_file", e))?;
+            let encoding = if self.private_key_file.trim().is_empty() {
+                None
+            } else {
+                let private = read_key("auth.private_key_file", &self.private_key_file)?;
+                Some(
+                    match algorithm {
+                        Algorithm::RS256 => EncodingKey::from_rsa_pem(&private),
+                        Algorithm::ES256 => EncodingKey::from_ec_pem(&private),
+                        _ => EncodingKey::from_ed_pem(&private),
+                    }
+                    .map_err(|e| not_key("auth.private_key_file", e))?,
+                )
+            };
+            (encoding, decoding)
+        };
+        Ok(TokenKeys {
+            algorithm,
+            encoding,
+            decoding,
+        })
     }
 }
 
@@ -1341,7 +1448,10 @@ fn check_roles(key: &str, roles: Option<&[String]>) -> Result<(), ConfigError> {
             "must name at least one role (omit it for the default)",
         ));
     }
-    if let Some(bad) = roles.iter().find(|r| crate::auth::Role::parse(r).is_none()) {
+    if let Some(bad) = roles
+        .iter()
+        .find(|r| crate::domain::Role::parse(r).is_none())
+    {
         return Err(invalid(
             key,
             format!("unknown role `{bad}`; roles are client, reader and admin"),

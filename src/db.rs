@@ -9,6 +9,14 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::config::{mask_url, DatabaseSettings};
 
+/// The primary (write) pool, as app data (actix `web::Data`), shared by every handler.
+#[derive(Clone)]
+pub struct WritePool(pub PgPool);
+
+/// The read pool (replica, or the primary), as app data (actix `web::Data`), shared by every handler.
+#[derive(Clone)]
+pub struct ReadPool(pub PgPool);
+
 /// Migrations embedded from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

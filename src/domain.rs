@@ -1,17 +1,31 @@
-//! Domain newtypes: values that are valid by construction.
+//! Domain newtypes: values that are valid by construction, and the pure
+//! parsers that configuration and the runtime share.
 //!
 //! Request fields are parsed into these at the edge (parse, don't validate);
-//! the rest of the code can rely on them without re-checking.
+//! the rest of the code can rely on them without re-checking. The shared
+//! parsers are rotatable key lists ([`parse_keys`]), the callback address
+//! policy ([`CallbackPolicy`], [`is_private_ip`]), roles ([`Role`]), upstream
+//! path templates ([`PathTemplate`]) and cron expressions ([`parse_cron`]):
+//! `config` validates settings with them and the modules that build runtime
+//! objects from those settings use the same code.
+//!
+//! This is the bottom of the module graph: it imports no other module of the
+//! crate (`scripts/check_cycles.py`, run by CI, keeps the graph acyclic).
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
+use base64::Engine;
+use secrecy::zeroize::Zeroizing;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A callback URL: absolute `http`/`https`, with a host, not port 0, no
 /// credentials, no fragment, at most `max_len` bytes, and (unless private
 /// callbacks are allowed) not `localhost` or a literal non-public address
-/// ([`crate::security::is_private_ip`]).
+/// ([`is_private_ip`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallbackUrl(url::Url);
 
@@ -20,11 +34,7 @@ impl CallbackUrl {
     ///
     /// # Errors
     /// A sentence saying what is wrong (the caller names the field).
-    pub fn parse(
-        s: &str,
-        max_len: usize,
-        policy: &crate::security::CallbackPolicy,
-    ) -> Result<Self, String> {
+    pub fn parse(s: &str, max_len: usize, policy: &CallbackPolicy) -> Result<Self, String> {
         if s.len() > max_len {
             return Err(format!("must be at most {max_len} bytes"));
         }
@@ -98,21 +108,6 @@ impl IdempotencyKey {
 /// 22008) — a 422 for the caller, not a database error.
 pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
     (1..=9999).contains(&chrono::Datelike::year(t))
-}
-
-/// Refuses a text parameter containing NUL (Postgres text cannot hold it), so
-/// the caller gets a 422 naming `field` instead of a database error.
-///
-/// # Errors
-/// 422 naming `field`.
-pub fn reject_nul_param(field: &str, value: Option<&str>) -> Result<(), crate::error::ApiError> {
-    match value {
-        Some(v) if v.contains('\0') => Err(crate::error::ApiError::validation(
-            field,
-            "must not contain the NUL character",
-        )),
-        _ => Ok(()),
-    }
 }
 
 /// A command's lifecycle (`docs/reference.md`, "The status document").
@@ -197,12 +192,366 @@ impl DeliveryStatus {
     }
 }
 
+/// Length of an encryption key in `security.signing_key_encryption_keys`,
+/// bytes (XChaCha20-Poly1305 uses 256-bit keys).
+pub const ENCRYPTION_KEY_BYTES: usize = 32;
+
+/// Longest key id, characters. Ids are stored in every sealed value.
+pub const MAX_KEY_ID_LEN: usize = 32;
+
+/// Why `security.signing_key_encryption_keys` is unusable. Messages never
+/// contain key material.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyConfigError {
+    /// No key at all.
+    #[error("needs at least one `id:base64` key (the first one seals new secrets)")]
+    Empty,
+    /// An entry without `:`.
+    #[error("entry {entry} is not `id:base64` (an id, a colon, then 32 bytes in base64)")]
+    Format {
+        /// 1-based position in the list.
+        entry: usize,
+    },
+    /// A key id outside the allowed characters or length.
+    #[error("entry {entry}: the key id must be 1 to 32 ASCII letters, digits, '.', '_' or '-'")]
+    BadId {
+        /// 1-based position in the list.
+        entry: usize,
+    },
+    /// The key is not standard base64.
+    #[error("entry {entry} (key id `{id}`): the key is not valid base64")]
+    BadBase64 {
+        /// 1-based position in the list.
+        entry: usize,
+        /// The key id.
+        id: String,
+    },
+    /// The key does not decode to 32 bytes.
+    #[error("entry {entry} (key id `{id}`): the key must be 32 bytes, got {len}")]
+    BadLength {
+        /// 1-based position in the list.
+        entry: usize,
+        /// The key id.
+        id: String,
+        /// Decoded length, bytes.
+        len: usize,
+    },
+    /// Two entries share an id, so a sealed value would not say which one opens it.
+    #[error("key id `{id}` appears more than once")]
+    DuplicateId {
+        /// The repeated id.
+        id: String,
+    },
+}
+
+/// One parsed key of a rotatable key list: its id and its raw bytes (wiped
+/// from memory on drop).
+pub type KeyEntry = (String, Zeroizing<Vec<u8>>);
+
+/// Parses a rotatable key list (`id:base64` entries, the first one current):
+/// ids of 1 to [`MAX_KEY_ID_LEN`] ASCII letters, digits, `.`, `_` or `-`,
+/// unique; keys of exactly `key_len` bytes in standard base64. Shared by
+/// `security.signing_key_encryption_keys` and `security.job_mac_keys`.
+///
+/// # Errors
+/// [`KeyConfigError`] for the first bad entry (1-based), without key material.
+pub fn parse_keys(
+    entries: &[SecretString],
+    key_len: usize,
+) -> Result<Vec<KeyEntry>, KeyConfigError> {
+    if entries.is_empty() {
+        return Err(KeyConfigError::Empty);
+    }
+    let mut keys: Vec<KeyEntry> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let entry_no = i + 1;
+        let (id, encoded) = entry
+            .expose_secret()
+            .trim()
+            .split_once(':')
+            .ok_or(KeyConfigError::Format { entry: entry_no })?;
+        if !is_key_id(id) {
+            return Err(KeyConfigError::BadId { entry: entry_no });
+        }
+        if keys.iter().any(|(k, _)| k == id) {
+            return Err(KeyConfigError::DuplicateId { id: id.to_owned() });
+        }
+        let raw = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| KeyConfigError::BadBase64 {
+                    entry: entry_no,
+                    id: id.to_owned(),
+                })?,
+        );
+        if raw.len() != key_len {
+            return Err(KeyConfigError::BadLength {
+                entry: entry_no,
+                id: id.to_owned(),
+                len: raw.len(),
+            });
+        }
+        keys.push((id.to_owned(), raw));
+    }
+    Ok(keys)
+}
+
+fn is_key_id(id: &str) -> bool {
+    (1..=MAX_KEY_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Where callbacks may go: `[security]` as one value shared by intake
+/// validation, the resolver and the sender.
+#[derive(Debug, Clone, Default)]
+pub struct CallbackPolicy {
+    /// `security.allow_private_callbacks`: everything is allowed.
+    pub allow_private: bool,
+    /// `security.https_only_callbacks`.
+    pub https_only: bool,
+    /// `security.allowed_callback_cidrs`: non-public networks allowed anyway.
+    pub allowed: Vec<ipnet::IpNet>,
+}
+
+impl CallbackPolicy {
+    /// Whether a callback may connect to `ip`.
+    pub fn permits_ip(&self, ip: IpAddr) -> bool {
+        self.allow_private || !is_private_ip(ip) || self.allowed.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether a URL host may be used as written (names are checked again
+    /// after resolution).
+    pub fn permits_host(&self, host: &url::Host<&str>) -> bool {
+        match host {
+            url::Host::Domain(_) => self.allow_private || !is_private_host(host),
+            url::Host::Ipv4(ip) => self.permits_ip(IpAddr::V4(*ip)),
+            url::Host::Ipv6(ip) => self.permits_ip(IpAddr::V6(*ip)),
+        }
+    }
+}
+
+/// Refuses a URL whose host is a literal non-public IP (literal addresses
+/// bypass DNS, so [`crate::security::GuardedResolver`] never sees them), or that names port 0
+/// (no service listens there; some stacks connect it to a local port).
+///
+/// # Errors
+/// Why the URL is refused.
+pub fn check_literal_host(url: &str, policy: &CallbackPolicy) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("refused: bad URL ({e})"))?;
+    if policy.https_only && parsed.scheme() != "https" {
+        return Err("refused: only https callbacks are allowed".into());
+    }
+    if parsed.port() == Some(0) {
+        return Err("refused: port 0".into());
+    }
+    match parsed.host() {
+        Some(h) if !policy.permits_host(&h) => Err(format!("refused: {h} is not a public address")),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `host` (as it appears in a URL, IPv6 without brackets) names the
+/// local machine or a non-public address.
+pub fn is_private_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(*ip)),
+        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(*ip)),
+    }
+}
+
+/// Loopback, private (RFC 1918 / ULA), link-local, CGNAT, unspecified,
+/// broadcast, multicast, documentation and IPv4-mapped forms of those. For
+/// IPv6 only global unicast (`2000::/3`, IANA IPv6 Address Space registry) is
+/// public, minus its special-purpose blocks, plus NAT64 `64:ff9b::/96` of a
+/// public IPv4 address; everything else — `::/8` (IPv4-compatible and
+/// IPv4-translated `::ffff:0:0:0/96` forms included), discard-only
+/// `100::/64`, deprecated site-local `fec0::/10`, ULA, link-local,
+/// multicast — is non-public.
+pub fn is_private_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_v4(v4);
+            }
+            is_private_v6(v6)
+        }
+    }
+}
+
+fn is_private_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 IETF protocol assignments
+        || o[0] >= 240
+}
+
+/// The IPv4 address embedded in an IPv6 transition form, if any:
+/// IPv4-compatible `::/96`, NAT64 `64:ff9b::/96` (RFC 6052), 6to4 `2002::/16`
+/// (RFC 3056); Teredo `2001::/32` is refused outright (its client address is
+/// obfuscated).
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if s[..6] == [0, 0, 0, 0, 0, 0] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    None
+}
+
+fn is_private_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    if let Some(v4) = embedded_v4(ip) {
+        if is_private_v4(v4) {
+            return true;
+        }
+    }
+    // NAT64 well-known prefix (RFC 6052) of a public IPv4 address.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        return false;
+    }
+    // Outside global unicast 2000::/3: ::/8 (unspecified, loopback,
+    // IPv4-compatible, IPv4-translated `::ffff:0:0:0/96` — RFC 2765 — and
+    // the rest of the reserved block), discard-only 100::/64 (RFC 6666),
+    // local-use NAT64 64:ff9b:1::/48 (RFC 8215), ULA fc00::/7, link-local
+    // fe80::/10, site-local fec0::/10 (RFC 3879), multicast ff00::/8.
+    (s[0] & 0xe000) != 0x2000
+        || (s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments, Teredo 2001::/32
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32 documentation
+        || (s[0] == 0x3fff && s[1] < 0x1000) // 3fff::/20 documentation (RFC 9637)
+        || s[0] == 0x5f00 // 5f00::/16 SRv6 SIDs (RFC 9602)
+}
+
+/// A role from the token's `roles` claim. Unknown role names are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends commands, reads its own commands, manages its own signing secret.
+    Client,
+    /// Everything, including dead letters and replay.
+    Admin,
+    /// Read-only access to every client's commands.
+    Reader,
+}
+
+impl Role {
+    /// Parses a role name as it appears in the `roles` claim.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "client" => Some(Role::Client),
+            "admin" => Some(Role::Admin),
+            "reader" => Some(Role::Reader),
+            _ => None,
+        }
+    }
+
+    /// The role's name in tokens and configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Admin => "admin",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+/// One piece of a path template: literal text or a `{name}` placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A parsed path template such as `/things/{thing_id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate(pub(crate) Vec<Segment>);
+
+impl PathTemplate {
+    /// Parses a template: starts with `/`; `{name}` placeholders with names of
+    /// letters, digits and `_`; no stray braces.
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        if !template.starts_with('/') {
+            return Err("must start with '/'".into());
+        }
+        let mut segments = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest.as_bytes()[open] == b'}' {
+                return Err("has a '}' without '{'".into());
+            }
+            let close = rest[open..]
+                .find('}')
+                .map(|c| open + c)
+                .ok_or_else(|| "has a '{' without '}'".to_owned())?;
+            let name = &rest[open + 1..close];
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!(
+                    "placeholder '{{{name}}}' must be letters, digits and '_'"
+                ));
+            }
+            if open > 0 {
+                segments.push(Segment::Literal(rest[..open].to_owned()));
+            }
+            segments.push(Segment::Param(name.to_owned()));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            segments.push(Segment::Literal(rest.to_owned()));
+        }
+        Ok(PathTemplate(segments))
+    }
+
+    /// The placeholder names, in order.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().filter_map(|s| match s {
+            Segment::Param(p) => Some(p.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+}
+
+/// Parses a cron expression (seconds minutes hours day-of-month month
+/// day-of-week \[year\], as the `cron` crate reads it; times are UTC).
+///
+/// # Errors
+/// The parser's message.
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    cron::Schedule::from_str(expr).map_err(|e| e.to_string())
+}
+
+/// Length of a key in `security.job_mac_keys`, bytes (the HMAC-SHA256 block
+/// is 64 bytes; 32 random bytes give the full 256-bit strength).
+pub const MAC_KEY_BYTES: usize = 32;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn strict() -> crate::security::CallbackPolicy {
-        crate::security::CallbackPolicy::default()
+    fn strict() -> CallbackPolicy {
+        CallbackPolicy::default()
     }
 
     #[test]
@@ -240,7 +589,7 @@ mod tests {
 
     #[test]
     fn private_callbacks_allowed_when_configured() {
-        let open = crate::security::CallbackPolicy {
+        let open = CallbackPolicy {
             allow_private: true,
             ..Default::default()
         };
@@ -249,7 +598,7 @@ mod tests {
             CallbackUrl::parse("http://127.0.0.1:0/hook", 2048, &open).is_err(),
             "port 0 is never a callback port"
         );
-        let partner = crate::security::CallbackPolicy {
+        let partner = CallbackPolicy {
             allowed: vec!["10.20.0.0/16".parse().expect("net")],
             https_only: true,
             ..Default::default()

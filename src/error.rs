@@ -178,15 +178,6 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<crate::security::SecretStoreError> for ApiError {
-    fn from(e: crate::security::SecretStoreError) -> Self {
-        match e {
-            crate::security::SecretStoreError::Database(e) => e.into(),
-            other => ApiError::Internal(anyhow::Error::new(other)),
-        }
-    }
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

@@ -6,8 +6,8 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::db::WritePool;
 use crate::error::{ApiError, Problem};
-use crate::startup::WritePool;
 
 /// Probe answer.
 #[derive(Serialize, ToSchema)]

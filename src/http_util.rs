@@ -1,6 +1,14 @@
-//! Small HTTP helpers shared by the upstream client and the webhook sender.
+//! Small HTTP helpers shared by the upstream client and the webhook sender,
+//! and the request-body helpers shared by the write and read handlers
+//! (media type check, size-limited read, JSON parsing that names the field).
 
 use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
 
 /// Parses a `Retry-After` value: delay-seconds (`1*DIGIT`) or an HTTP-date
 /// (RFC 9110 §10.2.3). A date in the past means zero; delay-seconds too large
@@ -106,6 +114,117 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// Refuses a text parameter containing NUL (Postgres text cannot hold it), so
+/// the caller gets a 422 naming `field` instead of a database error.
+///
+/// # Errors
+/// 422 naming `field`.
+pub fn reject_nul_param(field: &str, value: Option<&str>) -> Result<(), ApiError> {
+    match value {
+        Some(v) if v.contains('\0') => Err(ApiError::validation(
+            field,
+            "must not contain the NUL character",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Accepts a request whose `Content-Type` is absent, `application/json` or a
+/// `+json` type (RFC 6839 §3.1); parameters such as `charset` are ignored.
+///
+/// # Errors
+/// [`ApiError::UnsupportedMediaType`] (415) for any other media type.
+pub fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+/// Reads the body up to `limit` bytes; 413 beyond (checked against
+/// `Content-Length` first, then while streaming).
+///
+/// # Errors
+/// [`ApiError::PayloadTooLarge`] (413) past `limit`, [`ApiError::BadRequest`]
+/// (400) if the body cannot be read.
+pub async fn read_limited(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge { limit },
+            other => ApiError::BadRequest {
+                field: None,
+                message: format!("could not read the request body: {other}"),
+            },
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Parses JSON, naming the field at fault on error (serde_path_to_error).
+///
+/// # Errors
+/// [`ApiError::Validation`] (422) naming the field for well-formed JSON of the
+/// wrong shape, [`ApiError::BadRequest`] (400) for an empty body or malformed JSON.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest {
+            field: None,
+            message: "the request body must be a JSON object".into(),
+        });
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = (path != ".").then_some(path);
+        if inner.is_data() {
+            // Wrong type, unknown, missing or duplicated field: the JSON is
+            // fine, the content is not. serde reports a missing or duplicated
+            // field at the enclosing object, naming it only in its message
+            // (an unknown one's path already ends with it).
+            let field = match (field, named_field(&inner.to_string())) {
+                (Some(at), Some(name)) if at != name && !at.ends_with(&format!(".{name}")) => {
+                    Some(format!("{at}.{name}"))
+                }
+                (at, name) => at.or(name),
+            };
+            ApiError::Validation {
+                field: field.unwrap_or_else(|| "body".into()),
+                message: inner.to_string(),
+            }
+        } else {
+            ApiError::BadRequest {
+                field,
+                message: format!("malformed JSON: {inner}"),
+            }
+        }
+    })
+}
+
+/// The field named by serde's "missing field `x`", "unknown field `x`" and
+/// "duplicate field `x`" messages.
+fn named_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("missing field `")
+        .or_else(|| message.strip_prefix("unknown field `"))
+        .or_else(|| message.strip_prefix("duplicate field `"))?;
+    Some(rest.split('`').next()?.to_owned())
 }
 
 #[cfg(test)]

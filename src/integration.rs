@@ -28,9 +28,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::config::{IntegrationSettings, OperationSettings};
-use crate::domain::JsonText;
+use crate::domain::{JsonText, Segment};
 use crate::http_util::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
 use crate::resilience::VendorLimit;
+
+pub use crate::domain::PathTemplate;
 
 /// Characters escaped in a path parameter: everything but RFC 3986 unreserved.
 const PATH_PARAM: &AsciiSet = &NON_ALPHANUMERIC
@@ -39,63 +41,9 @@ const PATH_PARAM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// One piece of a path template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-}
-
-/// A parsed path template such as `/things/{thing_id}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathTemplate(Vec<Segment>);
-
+// `PathTemplate` is parsed and checked in `domain` (config validates the
+// configured paths with it); filling it into an upstream path belongs here.
 impl PathTemplate {
-    /// Parses a template: starts with `/`; `{name}` placeholders with names of
-    /// letters, digits and `_`; no stray braces.
-    ///
-    /// # Errors
-    /// A sentence saying what is wrong.
-    pub fn parse(template: &str) -> Result<Self, String> {
-        if !template.starts_with('/') {
-            return Err("must start with '/'".into());
-        }
-        let mut segments = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest.as_bytes()[open] == b'}' {
-                return Err("has a '}' without '{'".into());
-            }
-            let close = rest[open..]
-                .find('}')
-                .map(|c| open + c)
-                .ok_or_else(|| "has a '{' without '}'".to_owned())?;
-            let name = &rest[open + 1..close];
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!(
-                    "placeholder '{{{name}}}' must be letters, digits and '_'"
-                ));
-            }
-            if open > 0 {
-                segments.push(Segment::Literal(rest[..open].to_owned()));
-            }
-            segments.push(Segment::Param(name.to_owned()));
-            rest = &rest[close + 1..];
-        }
-        if !rest.is_empty() {
-            segments.push(Segment::Literal(rest.to_owned()));
-        }
-        Ok(PathTemplate(segments))
-    }
-
-    /// The placeholder names, in order.
-    pub fn params(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().filter_map(|s| match s {
-            Segment::Param(p) => Some(p.as_str()),
-            Segment::Literal(_) => None,
-        })
-    }
-
     /// Like [`PathTemplate::fill`], ignoring params the template does not use
     /// (a fallback operation may take a subset of the primary's params).
     ///

@@ -11,17 +11,17 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`config`] | typed, layered, validated settings |
+//! | [`config`] | typed, layered, validated settings (imports only [`domain`]) |
 //! | [`batch`] | group commit: one write per batch of concurrent callers (intake, outcomes) |
 //! | [`startup`] | `Application::build` / `run_until_stopped`: pools, HTTP server, dispatcher |
-//! | [`auth`] | JWT verification (pinned algorithm, lifetime, `jti`) → [`auth::Principal`], roles |
+//! | [`auth`] | JWT verification (pinned algorithm, lifetime, `jti`) → [`auth::Principal`] |
 //! | [`authz`] | the route × role table and the middleware that enforces it |
 //! | [`command`] | write side: `POST /v1/commands`, group intake, signing secret |
 //! | [`query`] | read side: status documents (cached: moka, or Redis), lists, delivery audit log (read pool, read-your-writes), upstream and batch queries |
 //! | [`events`] | the event log (trigger-written `command_events`), gap-free `(xid, id)` order, the per-process tailer and live feed |
 //! | [`outbox`] | the `jobs` table: claim with leases, conditional outcome writes |
 //! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
-//! | [`integration`] | upstream client: path templates, call, outcome classification, backoff |
+//! | [`integration`] | upstream client: filling path templates, call, outcome classification, backoff |
 //! | [`metrics`] | Prometheus metrics (upstream calls, circuit breaker, deliveries), `GET /metrics` |
 //! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
 //! | [`resilience`] | per-integration throttle (GCRA, in-flight, vendor headers), circuit breaker, retry budget |
@@ -31,11 +31,19 @@
 //! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
 //! | [`seal`] | sealed outbox jobs: HMAC seals over what a job acts on, verified before it acts |
 //! | [`redact`] | the redaction layer for stored upstream bodies, the attempt log, errors and logs |
-//! | [`security`] | callback host check; signing secrets: generation, sealing at rest, storage, rotation |
-//! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses) |
+//! | [`security`] | SSRF-guarded resolver; signing secrets: generation, sealing at rest, storage, rotation |
+//! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses, roles, path templates) and the pure parsers config and runtime share (key lists, callback policy, cron) |
 //! | [`error`] | `application/problem+json` error policy |
-//! | [`db`] | pools, create-if-missing, migrations |
-//! | [`health`], [`openapi`], [`telemetry`], [`http_util`] | probes, API document, logging, HTTP helpers |
+//! | [`db`] | pools ([`db::WritePool`], [`db::ReadPool`]), create-if-missing, migrations |
+//! | [`health`], [`openapi`], [`telemetry`], [`http_util`] | probes, API document, logging, HTTP and request-body helpers |
+//!
+//! # Dependencies
+//!
+//! Modules import downwards only, with no cycles: [`domain`], [`batch`] and
+//! [`metrics`] are leaves, [`config`] imports only [`domain`], the services sit
+//! above them, the HTTP handlers and the [`dispatcher`] are the edges, and
+//! [`startup`] is the root that nothing imports. CI checks it with
+//! `scripts/check_cycles.py` (see `docs/architecture.md`, "Dependencies").
 
 pub mod admin;
 pub mod auth;

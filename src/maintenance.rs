@@ -25,7 +25,6 @@
 //!
 //! Finished outbox jobs need no purge: they are deleted when they finish.
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -34,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::MaintenanceSettings;
+
+pub use crate::domain::parse_cron;
 
 /// Rows changed per statement by a task.
 const BATCH: i64 = 5_000;
@@ -76,15 +77,6 @@ impl Task {
         .into_iter()
         .find(|t| t.name() == name)
     }
-}
-
-/// Parses a cron expression (seconds minutes hours day-of-month month
-/// day-of-week [year], as the `cron` crate reads it; times are UTC).
-///
-/// # Errors
-/// The parser's message.
-pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
-    cron::Schedule::from_str(expr).map_err(|e| e.to_string())
 }
 
 /// The per-process maintenance scheduler.

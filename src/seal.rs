@@ -38,9 +38,7 @@ use uuid::Uuid;
 
 use crate::security::{KeyConfigError, MAX_KEY_ID_LEN};
 
-/// Length of a key in `security.job_mac_keys`, bytes (the HMAC-SHA256 block
-/// is 64 bytes; 32 random bytes give the full 256-bit strength).
-pub const MAC_KEY_BYTES: usize = 32;
+pub use crate::domain::MAC_KEY_BYTES;
 
 /// Domain label in front of every MAC input, so a MAC made for another
 /// purpose under the same key cannot pass for a job seal.

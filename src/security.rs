@@ -16,25 +16,24 @@
 //! key opens it, so the encryption key can be rotated by prepending a new one.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
-use secrecy::zeroize::Zeroizing;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
+
+pub use crate::domain::{
+    check_literal_host, is_private_host, is_private_ip, parse_keys, CallbackPolicy, KeyConfigError,
+    KeyEntry, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN,
+};
 
 /// Prefix of Standard Webhooks secrets.
 pub const SECRET_PREFIX: &str = "whsec_";
 
 /// Random bytes in a new signing secret (Standard Webhooks allows 24 to 64).
 pub const SECRET_BYTES: usize = 32;
-
-/// Length of an encryption key in `security.signing_key_encryption_keys`,
-/// bytes (XChaCha20-Poly1305 uses 256-bit keys).
-pub const ENCRYPTION_KEY_BYTES: usize = 32;
 
 /// Length of the random nonce stored in front of each ciphertext, bytes
 /// (XChaCha20's 192-bit nonce: large enough to draw at random without a
@@ -43,9 +42,6 @@ pub const NONCE_BYTES: usize = 24;
 
 /// Length of the Poly1305 authentication tag at the end of each ciphertext, bytes.
 const TAG_BYTES: usize = 16;
-
-/// Longest key id, characters. Ids are stored in every sealed value.
-pub const MAX_KEY_ID_LEN: usize = 32;
 
 /// Prefix of the associated data: names what is sealed, so a value sealed for
 /// another purpose under the same key cannot pass for a signing secret. The
@@ -66,51 +62,6 @@ pub fn new_signing_secret() -> String {
         "{SECRET_PREFIX}{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
-}
-
-/// Why `security.signing_key_encryption_keys` is unusable. Messages never
-/// contain key material.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KeyConfigError {
-    /// No key at all.
-    #[error("needs at least one `id:base64` key (the first one seals new secrets)")]
-    Empty,
-    /// An entry without `:`.
-    #[error("entry {entry} is not `id:base64` (an id, a colon, then 32 bytes in base64)")]
-    Format {
-        /// 1-based position in the list.
-        entry: usize,
-    },
-    /// A key id outside the allowed characters or length.
-    #[error("entry {entry}: the key id must be 1 to 32 ASCII letters, digits, '.', '_' or '-'")]
-    BadId {
-        /// 1-based position in the list.
-        entry: usize,
-    },
-    /// The key is not standard base64.
-    #[error("entry {entry} (key id `{id}`): the key is not valid base64")]
-    BadBase64 {
-        /// 1-based position in the list.
-        entry: usize,
-        /// The key id.
-        id: String,
-    },
-    /// The key does not decode to 32 bytes.
-    #[error("entry {entry} (key id `{id}`): the key must be 32 bytes, got {len}")]
-    BadLength {
-        /// 1-based position in the list.
-        entry: usize,
-        /// The key id.
-        id: String,
-        /// Decoded length, bytes.
-        len: usize,
-    },
-    /// Two entries share an id, so a sealed value would not say which one opens it.
-    #[error("key id `{id}` appears more than once")]
-    DuplicateId {
-        /// The repeated id.
-        id: String,
-    },
 }
 
 /// Sealing failed. XChaCha20-Poly1305 only refuses messages far larger than a
@@ -267,65 +218,6 @@ impl SecretSealer {
             })
             .collect()
     }
-}
-
-/// One parsed key of a rotatable key list: its id and its raw bytes (wiped
-/// from memory on drop).
-pub type KeyEntry = (String, Zeroizing<Vec<u8>>);
-
-/// Parses a rotatable key list (`id:base64` entries, the first one current):
-/// ids of 1 to [`MAX_KEY_ID_LEN`] ASCII letters, digits, `.`, `_` or `-`,
-/// unique; keys of exactly `key_len` bytes in standard base64. Shared by
-/// `security.signing_key_encryption_keys` and `security.job_mac_keys`.
-///
-/// # Errors
-/// [`KeyConfigError`] for the first bad entry (1-based), without key material.
-pub fn parse_keys(
-    entries: &[SecretString],
-    key_len: usize,
-) -> Result<Vec<KeyEntry>, KeyConfigError> {
-    if entries.is_empty() {
-        return Err(KeyConfigError::Empty);
-    }
-    let mut keys: Vec<KeyEntry> = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let entry_no = i + 1;
-        let (id, encoded) = entry
-            .expose_secret()
-            .trim()
-            .split_once(':')
-            .ok_or(KeyConfigError::Format { entry: entry_no })?;
-        if !is_key_id(id) {
-            return Err(KeyConfigError::BadId { entry: entry_no });
-        }
-        if keys.iter().any(|(k, _)| k == id) {
-            return Err(KeyConfigError::DuplicateId { id: id.to_owned() });
-        }
-        let raw = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .map_err(|_| KeyConfigError::BadBase64 {
-                    entry: entry_no,
-                    id: id.to_owned(),
-                })?,
-        );
-        if raw.len() != key_len {
-            return Err(KeyConfigError::BadLength {
-                entry: entry_no,
-                id: id.to_owned(),
-                len: raw.len(),
-            });
-        }
-        keys.push((id.to_owned(), raw));
-    }
-    Ok(keys)
-}
-
-fn is_key_id(id: &str) -> bool {
-    (1..=MAX_KEY_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn associated_data(client_id: &str) -> Vec<u8> {
@@ -537,18 +429,8 @@ pub async fn reseal_signing_secrets(
     Ok(report)
 }
 
-/// Where callbacks may go: `[security]` as one value shared by intake
-/// validation, the resolver and the sender.
-#[derive(Debug, Clone, Default)]
-pub struct CallbackPolicy {
-    /// `security.allow_private_callbacks`: everything is allowed.
-    pub allow_private: bool,
-    /// `security.https_only_callbacks`.
-    pub https_only: bool,
-    /// `security.allowed_callback_cidrs`: non-public networks allowed anyway.
-    pub allowed: Vec<ipnet::IpNet>,
-}
-
+// `CallbackPolicy` itself is a plain value in `domain` (config and intake
+// validation use it); building it from the settings belongs here.
 impl CallbackPolicy {
     /// The policy of `[security]`.
     pub fn from_settings(s: &crate::config::SecuritySettings) -> Self {
@@ -556,21 +438,6 @@ impl CallbackPolicy {
             allow_private: s.allow_private_callbacks,
             https_only: s.https_only_callbacks,
             allowed: s.allowed_callback_nets.clone(),
-        }
-    }
-
-    /// Whether a callback may connect to `ip`.
-    pub fn permits_ip(&self, ip: IpAddr) -> bool {
-        self.allow_private || !is_private_ip(ip) || self.allowed.iter().any(|n| n.contains(&ip))
-    }
-
-    /// Whether a URL host may be used as written (names are checked again
-    /// after resolution).
-    pub fn permits_host(&self, host: &url::Host<&str>) -> bool {
-        match host {
-            url::Host::Domain(_) => self.allow_private || !is_private_host(host),
-            url::Host::Ipv4(ip) => self.permits_ip(IpAddr::V4(*ip)),
-            url::Host::Ipv6(ip) => self.permits_ip(IpAddr::V6(*ip)),
         }
     }
 }
@@ -612,120 +479,19 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// Refuses a URL whose host is a literal non-public IP (literal addresses
-/// bypass DNS, so [`GuardedResolver`] never sees them), or that names port 0
-/// (no service listens there; some stacks connect it to a local port).
-///
-/// # Errors
-/// Why the URL is refused.
-pub fn check_literal_host(url: &str, policy: &CallbackPolicy) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("refused: bad URL ({e})"))?;
-    if policy.https_only && parsed.scheme() != "https" {
-        return Err("refused: only https callbacks are allowed".into());
-    }
-    if parsed.port() == Some(0) {
-        return Err("refused: port 0".into());
-    }
-    match parsed.host() {
-        Some(h) if !policy.permits_host(&h) => Err(format!("refused: {h} is not a public address")),
-        _ => Ok(()),
-    }
-}
-
-/// Whether `host` (as it appears in a URL, IPv6 without brackets) names the
-/// local machine or a non-public address.
-pub fn is_private_host(host: &url::Host<&str>) -> bool {
-    match host {
-        url::Host::Domain(d) => {
-            let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost")
-        }
-        url::Host::Ipv4(ip) => is_private_ip(IpAddr::V4(*ip)),
-        url::Host::Ipv6(ip) => is_private_ip(IpAddr::V6(*ip)),
-    }
-}
-
-/// Loopback, private (RFC 1918 / ULA), link-local, CGNAT, unspecified,
-/// broadcast, multicast, documentation and IPv4-mapped forms of those. For
-/// IPv6 only global unicast (`2000::/3`, IANA IPv6 Address Space registry) is
-/// public, minus its special-purpose blocks, plus NAT64 `64:ff9b::/96` of a
-/// public IPv4 address; everything else — `::/8` (IPv4-compatible and
-/// IPv4-translated `::ffff:0:0:0/96` forms included), discard-only
-/// `100::/64`, deprecated site-local `fec0::/10`, ULA, link-local,
-/// multicast — is non-public.
-pub fn is_private_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_v4(v4);
-            }
-            is_private_v6(v6)
+impl From<SecretStoreError> for crate::error::ApiError {
+    fn from(e: crate::security::SecretStoreError) -> Self {
+        match e {
+            SecretStoreError::Database(e) => e.into(),
+            other => crate::error::ApiError::Internal(anyhow::Error::new(other)),
         }
     }
-}
-
-fn is_private_v4(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || o[0] == 0
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10 CGNAT
-        || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15 benchmarking
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24 IETF protocol assignments
-        || o[0] >= 240
-}
-
-/// The IPv4 address embedded in an IPv6 transition form, if any:
-/// IPv4-compatible `::/96`, NAT64 `64:ff9b::/96` (RFC 6052), 6to4 `2002::/16`
-/// (RFC 3056); Teredo `2001::/32` is refused outright (its client address is
-/// obfuscated).
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = ip.segments();
-    let v4 = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
-    if s[..6] == [0, 0, 0, 0, 0, 0] {
-        return Some(v4(s[6], s[7]));
-    }
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        return Some(v4(s[6], s[7]));
-    }
-    if s[0] == 0x2002 {
-        return Some(v4(s[1], s[2]));
-    }
-    None
-}
-
-fn is_private_v6(ip: Ipv6Addr) -> bool {
-    let s = ip.segments();
-    if let Some(v4) = embedded_v4(ip) {
-        if is_private_v4(v4) {
-            return true;
-        }
-    }
-    // NAT64 well-known prefix (RFC 6052) of a public IPv4 address.
-    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-        return false;
-    }
-    // Outside global unicast 2000::/3: ::/8 (unspecified, loopback,
-    // IPv4-compatible, IPv4-translated `::ffff:0:0:0/96` — RFC 2765 — and
-    // the rest of the reserved block), discard-only 100::/64 (RFC 6666),
-    // local-use NAT64 64:ff9b:1::/48 (RFC 8215), ULA fc00::/7, link-local
-    // fe80::/10, site-local fec0::/10 (RFC 3879), multicast ff00::/8.
-    (s[0] & 0xe000) != 0x2000
-        || (s[0] == 0x2001 && s[1] < 0x0200) // 2001::/23 IETF protocol assignments, Teredo 2001::/32
-        || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32 documentation
-        || (s[0] == 0x3fff && s[1] < 0x1000) // 3fff::/20 documentation (RFC 9637)
-        || s[0] == 0x5f00 // 5f00::/16 SRv6 SIDs (RFC 9602)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn private_and_public_addresses() {

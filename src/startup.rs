@@ -35,13 +35,7 @@ use crate::seal::JobSealer;
 use crate::security::SecretSealer;
 use crate::telemetry::RootSpan;
 
-/// The primary (write) pool, as app data.
-#[derive(Clone)]
-pub struct WritePool(pub PgPool);
-
-/// The read pool (replica, or the primary), as app data.
-#[derive(Clone)]
-pub struct ReadPool(pub PgPool);
+use crate::db::{ReadPool, WritePool};
 
 /// Which halves of the service this process runs (`serve --role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

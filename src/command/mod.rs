@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -23,12 +22,13 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::config::Settings;
-use crate::domain::{CallbackUrl, IdempotencyKey, JsonText};
+use crate::db::WritePool;
+use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, IdempotencyKey, JsonText};
 use crate::error::{ApiError, Problem};
+use crate::http_util::{check_json_content_type, parse_json, read_limited};
 use crate::integration::PathTemplate;
-use crate::query::{self, StatusDocument};
+use crate::query::{self, CallbackState, StatusDocument};
 use crate::security::SecretSealer;
-use crate::startup::WritePool;
 
 pub use intake::{Intake, IntakeOutcome, NewCommand};
 
@@ -268,87 +268,27 @@ pub async fn rotate_signing_secret(
         }))
 }
 
-pub(crate) fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if essence == "application/json" || essence.ends_with("+json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType)
-    }
-}
-
-/// Reads the body up to `limit` bytes; 413 beyond (checked against
-/// `Content-Length` first, then while streaming).
-pub(crate) async fn read_limited(
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge { limit },
-            other => ApiError::BadRequest {
-                field: None,
-                message: format!("could not read the request body: {other}"),
+// The read side owns `StatusDocument`; building one from a just-accepted
+// command belongs to the write side, which is the one that imports both.
+impl StatusDocument {
+    /// The document of a command that was just accepted.
+    pub fn accepted(c: &NewCommand, created_at: chrono::DateTime<chrono::Utc>) -> Self {
+        StatusDocument {
+            id: c.id,
+            status: CommandStatus::Accepted,
+            integration: c.integration.clone(),
+            operation: c.operation.clone(),
+            created_at,
+            updated_at: created_at,
+            result: None,
+            callback: CallbackState {
+                url: c.callback_url.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                webhook_id: None,
             },
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
         }
-        body.extend_from_slice(&chunk);
     }
-    Ok(body)
-}
-
-/// Parses JSON, naming the field at fault on error (serde_path_to_error).
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.is_empty() {
-        return Err(ApiError::BadRequest {
-            field: None,
-            message: "the request body must be a JSON object".into(),
-        });
-    }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = (path != ".").then_some(path);
-        if inner.is_data() {
-            // Wrong type, unknown, missing or duplicated field: the JSON is
-            // fine, the content is not. serde reports a missing or duplicated
-            // field at the enclosing object, naming it only in its message
-            // (an unknown one's path already ends with it).
-            let field = match (field, named_field(&inner.to_string())) {
-                (Some(at), Some(name)) if at != name && !at.ends_with(&format!(".{name}")) => {
-                    Some(format!("{at}.{name}"))
-                }
-                (at, name) => at.or(name),
-            };
-            ApiError::Validation {
-                field: field.unwrap_or_else(|| "body".into()),
-                message: inner.to_string(),
-            }
-        } else {
-            ApiError::BadRequest {
-                field,
-                message: format!("malformed JSON: {inner}"),
-            }
-        }
-    })
-}
-
-/// The field named by serde's "missing field `x`", "unknown field `x`" and
-/// "duplicate field `x`" messages.
-fn named_field(message: &str) -> Option<String> {
-    let rest = message
-        .strip_prefix("missing field `")
-        .or_else(|| message.strip_prefix("unknown field `"))
-        .or_else(|| message.strip_prefix("duplicate field `"))?;
-    Some(rest.split('`').next()?.to_owned())
 }
 
 /// Turns a request into a [`NewCommand`], naming the field of the first problem.

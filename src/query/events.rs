@@ -26,9 +26,9 @@ use utoipa::IntoParams;
 
 use crate::auth::Principal;
 use crate::config::Settings;
+use crate::db::{ReadPool, WritePool};
 use crate::error::ApiError;
 use crate::events::{Cursor, Event, EventFeed, EventFilter};
-use crate::startup::{ReadPool, WritePool};
 
 /// The `Last-Event-ID` request header (WHATWG HTML, server-sent events).
 pub const LAST_EVENT_ID: &str = "Last-Event-ID";
@@ -98,7 +98,7 @@ pub async fn stream_events(
     feed: web::Data<EventFeed>,
     settings: web::Data<Arc<Settings>>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::domain::reject_nul_param("client_id", params.client_id.as_deref())?;
+    crate::http_util::reject_nul_param("client_id", params.client_id.as_deref())?;
     let client_id = if principal.reads_all() {
         params.client_id.clone()
     } else {

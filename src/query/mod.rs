@@ -33,12 +33,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::command::NewCommand;
+use crate::db::{ReadPool, WritePool};
 use crate::domain::{CommandStatus, DeliveryStatus};
 use crate::error::{ApiError, Problem};
 use crate::integration::UpstreamResult;
 use crate::resilience::Policies;
-use crate::startup::{ReadPool, WritePool};
 
 use cache::{CachedStatus, RecentWriters, StatusCache};
 use longpoll::LongPoll;
@@ -265,27 +264,6 @@ pub struct StatusDocument {
     pub result: Option<UpstreamResult>,
     /// The callback's state.
     pub callback: CallbackState,
-}
-
-impl StatusDocument {
-    /// The document of a command that was just accepted.
-    pub fn accepted(c: &NewCommand, created_at: chrono::DateTime<chrono::Utc>) -> Self {
-        StatusDocument {
-            id: c.id,
-            status: CommandStatus::Accepted,
-            integration: c.integration.clone(),
-            operation: c.operation.clone(),
-            created_at,
-            updated_at: created_at,
-            result: None,
-            callback: CallbackState {
-                url: c.callback_url.clone(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                webhook_id: None,
-            },
-        }
-    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -644,7 +622,7 @@ pub async fn list_commands(
                     .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
             })
             .transpose()?;
-        crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::http_util::reject_nul_param("integration", params.integration.as_deref())?;
         let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
         let rows: Vec<StatusRow> = sqlx::query_as(&format!(
             r#"{STATUS_SELECT}
@@ -889,8 +867,8 @@ pub async fn list_dead_letters(
     let result = async {
         let pool = &read.0;
         let limit = page_limit(params.limit.as_deref())?;
-        crate::domain::reject_nul_param("integration", params.integration.as_deref())?;
-        crate::domain::reject_nul_param("client_id", params.client_id.as_deref())?;
+        crate::http_util::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::http_util::reject_nul_param("client_id", params.client_id.as_deref())?;
         let since = parse_time("since", params.since.as_deref())?;
         let until = parse_time("until", params.until.as_deref())?;
         let cursor = params

@@ -728,9 +728,10 @@ pub async fn batch_queries(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = async {
-        crate::command::check_json_content_type(&req)?;
-        let bytes = crate::command::read_limited(payload, settings.server.body_limit_bytes).await?;
-        let request = crate::command::parse_json::<BatchRequest>(&bytes)?;
+        crate::http_util::check_json_content_type(&req)?;
+        let bytes =
+            crate::http_util::read_limited(payload, settings.server.body_limit_bytes).await?;
+        let request = crate::http_util::parse_json::<BatchRequest>(&bytes)?;
         let max = settings.query.batch_max_queries;
         if request.queries.is_empty() || request.queries.len() > max {
             return Err(ApiError::validation(
