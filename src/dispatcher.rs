@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::config::FallbackSettings;
 use crate::config::Settings;
 use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
-use crate::domain::{CommandStatus, DeliveryStatus, JsonText};
+use crate::domain::{CommandStatus, DeliveryStatus, JobKind, JsonText};
 use crate::integration::{
     backoff, CallOutcome, Integrations, PathTemplate, UpstreamRequest, UpstreamResult,
 };
@@ -224,8 +224,8 @@ impl Dispatcher {
 /// receiver may still be working on the aborted call, and repeating it at
 /// once would run it twice concurrently.
 fn release_hold(ctx: &DispatchContext, job: &ClaimedJob) -> Duration {
-    match job.kind.as_str() {
-        "execute" => {
+    match job.kind {
+        JobKind::Execute => {
             let Some(integration) = ctx.integrations.get(&job.integration) else {
                 return Duration::ZERO;
             };
@@ -237,8 +237,7 @@ fn release_hold(ctx: &DispatchContext, job: &ClaimedJob) -> Duration {
                 .map_or(0, |fb| fb.settings.timeout_ms);
             Duration::from_millis(integration.settings.timeout_ms.max(fallback))
         }
-        "deliver" => Duration::from_millis(ctx.settings.delivery.timeout_ms),
-        _ => Duration::ZERO,
+        JobKind::Deliver => Duration::from_millis(ctx.settings.delivery.timeout_ms),
     }
 }
 
@@ -369,13 +368,9 @@ async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
     } else if claims > ctx.settings.dispatcher.max_claims {
         give_up(ctx, &job).await
     } else {
-        match job.kind.as_str() {
-            "execute" => execute(ctx, &job).await,
-            "deliver" => deliver(ctx, &job).await,
-            other => {
-                tracing::error!(kind = other, "unknown job kind");
-                Ok(true)
-            }
+        match job.kind {
+            JobKind::Execute => execute(ctx, &job).await,
+            JobKind::Deliver => deliver(ctx, &job).await,
         }
     };
     match result {
@@ -392,31 +387,24 @@ async fn run_job(ctx: &DispatchContext, job: ClaimedJob) {
 /// Whether the job's command (execute) or delivery (deliver) has already
 /// finished, so the job has nothing left to do.
 fn nothing_to_do(job: &ClaimedJob) -> bool {
-    match job.kind.as_str() {
-        "execute" => CommandStatus::parse(&job.command_status).is_some_and(|s| s.is_terminal()),
-        "deliver" => {
-            job.delivery_status
-                .as_deref()
-                .and_then(DeliveryStatus::parse)
-                != Some(DeliveryStatus::Pending)
-        }
-        _ => false,
+    match job.kind {
+        JobKind::Execute => job.command_status.is_terminal(),
+        JobKind::Deliver => job.delivery_status != Some(DeliveryStatus::Pending),
     }
 }
 
 /// Checks the seal of the row the job acts on (see [`crate::seal`]).
 fn verify_seal(ctx: &DispatchContext, job: &ClaimedJob) -> Result<(), SealError> {
-    match job.kind.as_str() {
-        "execute" => ctx
+    match job.kind {
+        JobKind::Execute => ctx
             .job_sealer
             .verify_execute(job.command_seal.as_deref(), &job.execute_seal()),
-        "deliver" => match job.deliver_seal() {
+        JobKind::Deliver => match job.deliver_seal() {
             Some(fields) => ctx
                 .job_sealer
                 .verify_deliver(job.delivery_seal.as_deref(), &fields),
             None => Err(SealError::Missing),
         },
-        _ => Ok(()),
     }
 }
 
@@ -438,7 +426,7 @@ async fn quarantine(
     );
     let done = outbox::quarantine(&ctx.pool, job, &error.to_string()).await?;
     if done {
-        crate::metrics::job_quarantined(&job.kind);
+        crate::metrics::job_quarantined(job.kind.as_str());
     }
     Ok(done)
 }
@@ -454,9 +442,9 @@ async fn fail_undecodable(
     job: &ClaimedJob,
     why: &str,
 ) -> sqlx::Result<bool> {
-    crate::metrics::job_quarantined(&job.kind);
+    crate::metrics::job_quarantined(job.kind.as_str());
     let why = format!("undecodable: {why}; not executed");
-    if job.kind == "execute" {
+    if job.kind == JobKind::Execute {
         if let Err(error) = verify_seal(ctx, job) {
             tracing::error!(job_id = job.id, %error, "an undecodable job's seal does not verify either");
             return outbox::quarantine(&ctx.pool, job, &format!("{why}; {error}")).await;
@@ -555,7 +543,7 @@ async fn give_up(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         job.attempts - 1
     );
     tracing::error!(job_id = job.id, kind = %job.kind, "{why}");
-    if job.kind == "deliver" {
+    if job.kind == JobKind::Deliver {
         return dead_letter_unsent(ctx, job, why, "abandoned").await;
     }
     let result = UpstreamResult::no_response(why);
@@ -563,7 +551,7 @@ async fn give_up(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
 }
 
 async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> {
-    let status = CommandStatus::parse(&job.command_status).unwrap_or(CommandStatus::Accepted);
+    let status = job.command_status;
     if status.is_terminal() {
         // A duplicate job for a finished command: never call the upstream twice.
         return outbox::drop_job(&ctx.pool, job).await;
@@ -806,12 +794,7 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         tracing::error!("deliver job without its delivery row; dropping it");
         return outbox::drop_job(&ctx.pool, job).await;
     };
-    if job
-        .delivery_status
-        .as_deref()
-        .and_then(DeliveryStatus::parse)
-        != Some(DeliveryStatus::Pending)
-    {
+    if job.delivery_status != Some(DeliveryStatus::Pending) {
         return outbox::drop_job(&ctx.pool, job).await;
     }
     let secrets = match &job.secrets {

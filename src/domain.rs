@@ -111,10 +111,11 @@ pub fn storable_time(t: &chrono::DateTime<chrono::Utc>) -> bool {
 }
 
 /// A command's lifecycle (`docs/reference.md`, "The status document").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandStatus {
     /// Stored in the outbox, not yet picked up.
+    #[default]
     Accepted,
     /// A worker is calling (or retrying) the upstream.
     InProgress,
@@ -747,6 +748,71 @@ impl fmt::Display for JsonText {
     }
 }
 
+/// The kinds of outbox job (`jobs.kind`): one upstream call, or one webhook
+/// delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JobKind {
+    /// Call the upstream for a command.
+    #[default]
+    Execute,
+    /// Send a command's callback.
+    Deliver,
+}
+
+impl JobKind {
+    /// The stored name: `execute` or `deliver` (also the metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Execute => "execute",
+            JobKind::Deliver => "deliver",
+        }
+    }
+
+    /// The kind of a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "execute" => Some(JobKind::Execute),
+            "deliver" => Some(JobKind::Deliver),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Reads and writes a text-backed enum as Postgres `text`, parsed once when
+/// the row is decoded (an unknown name fails that row's decode, naming it).
+macro_rules! text_enum_codec {
+    ($ty:ty, $what:literal) => {
+        impl sqlx::Type<sqlx::Postgres> for $ty {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $ty {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                <$ty>::parse(s).ok_or_else(|| format!("unknown {} `{s}`", $what).into())
+            }
+        }
+    };
+}
+
+text_enum_codec!(JobKind, "job kind");
+text_enum_codec!(CommandStatus, "command status");
+text_enum_codec!(DeliveryStatus, "delivery status");
+
 #[cfg(test)]
 mod json_text_tests {
     use super::*;
@@ -766,6 +832,15 @@ mod json_text_tests {
         assert_eq!(out, format!(r#"{{"body":{text}}}"#));
         let back: Wrap = serde_json::from_str(&out).expect("parses");
         assert_eq!(back.body, j);
+    }
+
+    #[test]
+    fn job_kinds_round_trip_and_unknown_names_are_refused() {
+        for kind in [JobKind::Execute, JobKind::Deliver] {
+            assert_eq!(JobKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(JobKind::parse("Execute"), None);
+        assert_eq!(JobKind::parse(""), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::batch::{with_single_fallback, Batcher};
 
 use crate::delivery::AttemptOutcome;
-use crate::domain::{CommandStatus, DeliveryStatus};
+use crate::domain::{CommandStatus, DeliveryStatus, JobKind};
 use crate::integration::UpstreamResult;
 
 /// The `LISTEN/NOTIFY` channel that announces new jobs.
@@ -34,8 +34,8 @@ pub const CHANNEL: &str = "hookrelay_jobs";
 pub struct ClaimedJob {
     /// Job id.
     pub id: i64,
-    /// `execute` or `deliver`.
-    pub kind: String,
+    /// `execute` or `deliver`, parsed when the row is decoded.
+    pub kind: JobKind,
     /// The command.
     pub command_id: Uuid,
     /// The delivery (deliver jobs).
@@ -65,13 +65,13 @@ pub struct ClaimedJob {
     /// When the command was accepted (for the retry horizon).
     pub command_created_at: chrono::DateTime<chrono::Utc>,
     /// Command status at claim time (before the claim's own update).
-    pub command_status: String,
+    pub command_status: CommandStatus,
     /// Callback URL (deliver jobs).
     pub url: Option<String>,
     /// Signed body (deliver jobs).
     pub payload: Option<String>,
     /// Delivery status (deliver jobs).
-    pub delivery_status: Option<String>,
+    pub delivery_status: Option<DeliveryStatus>,
     /// Active signing secrets, newest first (deliver jobs; empty if none yet).
     pub secrets: Option<Vec<String>>,
     /// The command's callback URL (covered by the execute seal).
@@ -224,7 +224,7 @@ fn decode_claimed(row: &sqlx::postgres::PgRow) -> ClaimedJob {
     };
     // A column only the other kind of job uses does not stop this one (a
     // deliver job never reads the command's body or creation time).
-    let unused: &[&str] = if job.kind == "deliver" {
+    let unused: &[&str] = if job.kind == JobKind::Deliver {
         &[
             "method",
             "path",
