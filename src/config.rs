@@ -1399,9 +1399,12 @@ impl AuthSettings {
             if secret.len() < 32 {
                 return Err(bad("auth.jwt_secret", "must be at least 32 bytes".into()));
             }
+            let not_secret = |e: jsonwebtoken::errors::Error| {
+                bad("auth.jwt_secret", format!("is not a usable HMAC key: {e}"))
+            };
             (
-                Some(EncodingKey::from_secret(secret)),
-                DecodingKey::from_secret(secret),
+                Some(EncodingKey::from_secret(secret).map_err(not_secret)?),
+                DecodingKey::from_secret(secret).map_err(not_secret)?,
             )
         } else {
             let public = read_key("auth.public_key_file", &self.public_key_file)?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rand::Rng;
+use rand::RngExt;
 use serde::Serialize;
 use sha2::Sha256;
 use uuid::Uuid;
@@ -95,7 +95,7 @@ pub fn next_delay(
 ) -> Option<Duration> {
     let base = *schedule.get(usize::try_from(attempt).ok()?.checked_sub(1)?)?;
     let factor = if jitter > 0.0 {
-        rand::thread_rng().gen_range(1.0 - jitter..=1.0 + jitter)
+        rand::rng().random_range(1.0 - jitter..=1.0 + jitter)
     } else {
         1.0
     };

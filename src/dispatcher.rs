@@ -815,7 +815,7 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     };
     let Some(host_slot) = ctx.hosts.acquire(url).await else {
         // The host is at its limit: try again shortly, without spending an attempt.
-        let delay = Duration::from_millis(rand::Rng::gen_range(&mut rand::thread_rng(), 500..1500));
+        let delay = Duration::from_millis(rand::random_range(500..1500));
         tracing::debug!(
             delay_ms = delay.as_millis() as u64,
             "callback host at its limit; deferring"

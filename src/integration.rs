@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use rand::Rng;
+use rand::RngExt;
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -528,7 +528,7 @@ pub fn body_value(bytes: &[u8], truncated: bool) -> JsonText {
 pub fn backoff(attempt: u32, base_ms: u64) -> Duration {
     let exp = attempt.saturating_sub(1).min(20);
     let ceiling = base_ms.saturating_mul(1u64 << exp).min(300_000);
-    Duration::from_millis(rand::thread_rng().gen_range(0..=ceiling))
+    Duration::from_millis(rand::rng().random_range(0..=ceiling))
 }
 
 /// All configured integrations, by name.

@@ -21,7 +21,7 @@ use std::time::Duration;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use rand::RngCore;
+use rand::TryRng;
 use secrecy::SecretString;
 
 pub use crate::domain::{
@@ -57,7 +57,9 @@ const SECRETS_LOCK_CLASS: i32 = 0x6872_7373;
 /// A new `whsec_<base64 of 32 random bytes>` secret (Standard Webhooks format).
 pub fn new_signing_secret() -> String {
     let mut key = [0u8; SECRET_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut key);
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut key)
+        .expect("the operating system's random source works");
     format!(
         "{SECRET_PREFIX}{}",
         base64::engine::general_purpose::STANDARD.encode(key)
@@ -141,7 +143,9 @@ impl SecretSealer {
     pub fn seal(&self, client_id: &str, secret: &str) -> Result<String, SealError> {
         let (id, cipher) = self.keys.first().ok_or(SealError)?;
         let mut nonce = [0u8; NONCE_BYTES];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut nonce)
+            .expect("the operating system's random source works");
         let aad = associated_data(client_id);
         let ciphertext = cipher
             .encrypt(

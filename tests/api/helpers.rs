@@ -413,7 +413,8 @@ impl TestApp {
             claims,
             &jsonwebtoken::EncodingKey::from_secret(
                 self.settings.auth.jwt_secret.expose_secret().as_bytes(),
-            ),
+            )
+            .expect("an HMAC key"),
         )
         .expect("encode")
     }

@@ -104,7 +104,7 @@ async fn hs256_token_keyed_with_the_rsa_public_key_is_401() {
     let forged = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims("acme"),
-        &EncodingKey::from_secret(&public_pem),
+        &EncodingKey::from_secret(&public_pem).expect("an HMAC key"),
     )
     .expect("encode");
     assert_401(
