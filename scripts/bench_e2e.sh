@@ -84,10 +84,12 @@ need nginx nginx-light
 need psql postgresql-client
 need pgbench postgresql-client
 need curl curl
-[ -n "$BIN" ] || need cargo "rustup (https://rustup.rs)"
+[ -n "$BIN" ] || need cargo rustup
 if [ ${#missing[@]} -gt 0 ]; then
     echo "missing: ${missing[*]}" >&2
-    echo "install with: sudo apt-get install -y $(printf '%s\n' "${packages[@]}" | grep -v rustup | sort -u | xargs)" >&2
+    apt=$(printf '%s\n' "${packages[@]}" | grep -v rustup | sort -u | tr '\n' ' ')
+    [ -n "$apt" ] && echo "install with: sudo apt-get install -y $apt" >&2
+    [[ " ${missing[*]} " == *" cargo "* ]] && echo "cargo: install Rust (https://rustup.rs) or pass --bin PATH" >&2
     exit 2
 fi
 NGINX=$(command -v nginx)
@@ -170,7 +172,7 @@ fi
 
 # --- pgbench -N, the machine's yardstick ----------------------------------------------
 pgbench_tps() {
-    pgbench -N -n -c "$PGB_CLIENTS" -T "$PGB_TIME" "$PGB_DB" 2>/dev/null |
+    pgbench -N -c "$PGB_CLIENTS" -T "$PGB_TIME" "$PGB_DB" 2>/dev/null |
         awk '/^tps = / {printf "%.0f", $3}'
 }
 psql -d postgres -qc "CREATE DATABASE $PGB_DB"
