@@ -155,6 +155,31 @@ tree_ticks() {
     echo "$total"
 }
 
+# Postgres CPU spent for this run alone, robust to other databases' work on
+# the same server: the backends connected to the run's database plus the
+# server's background processes (WAL writer, checkpointer, autovacuum, ...).
+# `pg_cpu_mark` records their counters; `pg_cpu_since` prints the ticks used
+# since by those processes and by new ones (a backend that exited meanwhile
+# is not counted).
+declare -A PG_MARK
+pg_own_pids() {
+    psql -d postgres -Atc "SELECT pid FROM pg_stat_activity
+                           WHERE datname = '$DB' OR backend_type <> 'client backend'"
+}
+pg_cpu_mark() {
+    local pid
+    PG_MARK=()
+    for pid in $(pg_own_pids); do PG_MARK[$pid]=$(ticks "$pid"); done
+}
+pg_cpu_since() {
+    local pid now total=0
+    for pid in $(pg_own_pids); do
+        now=$(ticks "$pid")
+        [ "$now" -gt 0 ] && total=$((total + now - ${PG_MARK[$pid]:-0}))
+    done
+    echo "$total"
+}
+
 # --- the machine -------------------------------------------------------------------
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 MEM_GIB=$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)
@@ -332,6 +357,7 @@ XACT_0=$(sql "SELECT xact_commit FROM pg_stat_database WHERE datname = current_d
 LSN_0=$(sql "SELECT pg_current_wal_lsn()")
 CPU_HR_0=$(ticks "$SERVER"); CPU_NGINX_0=$(tree_ticks "$NGINX_PID")
 CPU_PG_0=$([ -n "$PG_MASTER" ] && tree_ticks "$PG_MASTER" || echo 0)
+[ -n "$PG_MASTER" ] && pg_cpu_mark
 T0=$(now)
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, $BODY_BYTES-byte bodies ..." >&2
 TIMEFORMAT='%3U %3S'
@@ -343,16 +369,21 @@ ACCEPTED=$(commands_of bench)
 # Wait for the callbacks, counted from the receiver's log (distinct webhook-ids
 # that arrived since the run started).
 echo "waiting for $ACCEPTED callbacks (up to ${TIMEOUT}s) ..." >&2
+# The cheap line count is checked first, so polling costs little CPU meanwhile.
 arrived() { tail -n +"$((RX_BASE + 1))" "$WORK/nginx/callbacks.log" | awk '$3 ~ /^2/ {print $2}' | sort -u | wc -l; }
+all_arrived() {
+    [ $(($(wc -l < "$WORK/nginx/callbacks.log") - RX_BASE)) -ge "$ACCEPTED" ] && [ "$(arrived)" -ge "$ACCEPTED" ]
+}
 deadline=$(( $(date +%s) + TIMEOUT ))
 TIMED_OUT=0
-until [ "$(arrived)" -ge "$ACCEPTED" ]; do
+until all_arrived; do
     [ "$(date +%s)" -ge "$deadline" ] && { TIMED_OUT=1; break; }
     sleep 0.1
 done
 T1=$(now)
 CPU_HR_1=$(ticks "$SERVER"); CPU_NGINX_1=$(tree_ticks "$NGINX_PID")
 CPU_PG_1=$([ -n "$PG_MASTER" ] && tree_ticks "$PG_MASTER" || echo 0)
+CPU_PG_OWN_TICKS=$([ -n "$PG_MASTER" ] && pg_cpu_since || echo 0)
 LSN_1=$(sql "SELECT pg_current_wal_lsn()")
 DELIVERED_DB=$(delivered bench)
 
@@ -411,7 +442,8 @@ per_cmd() { [ "$ACCEPTED" -gt 0 ] && calc "$2" "($1) / $ACCEPTED" || echo 0; }
 COMMITS_PER_CMD=$(per_cmd "$XACT_1 - $XACT_0" %.2f)
 WAL_PER_CMD=$(per_cmd "$WAL_BYTES" %.0f)
 CPU_HR=$(calc %.2f "($CPU_HR_1 - $CPU_HR_0) / $TICKS_PER_S")
-CPU_PG=$(calc %.2f "($CPU_PG_1 - $CPU_PG_0) / $TICKS_PER_S")
+CPU_PG_SERVER=$(calc %.2f "($CPU_PG_1 - $CPU_PG_0) / $TICKS_PER_S")
+CPU_PG=$(calc %.2f "$CPU_PG_OWN_TICKS / $TICKS_PER_S")
 CPU_NGINX=$(calc %.2f "($CPU_NGINX_1 - $CPU_NGINX_0) / $TICKS_PER_S")
 CPU_WRK=$(calc %.2f "$WRK_USER + $WRK_SYS")
 PGB_MEAN=$(calc %.0f "($PGB_BEFORE + $PGB_AFTER) / 2")
@@ -424,7 +456,7 @@ cpu_text() {
     [ "$ACCEPTED" -gt 0 ] && per=$(calc %.0f "1000000 * $1 / $ACCEPTED")
     echo "$1 s, ${share}%, $per µs/command"
 }
-CPU_PG_TEXT=$(cpu_text "$CPU_PG")
+CPU_PG_TEXT="$(cpu_text "$CPU_PG") (whole server: $CPU_PG_SERVER s)"
 [ -n "$PG_MASTER" ] || CPU_PG_TEXT="n/a (Postgres is not a local process)"
 
 cat <<REPORT
@@ -445,7 +477,7 @@ binary:  $BIN${SETTINGS[*]+; settings: ${SETTINGS[*]}}
 | commits per command                      | $COMMITS_PER_CMD |
 | WAL bytes per command                    | $WAL_PER_CMD |
 | CPU hookrelay                            | $(cpu_text "$CPU_HR") |
-| CPU Postgres (all its processes)         | $CPU_PG_TEXT |
+| CPU Postgres (own backends + background) | $CPU_PG_TEXT |
 | CPU nginx (upstream + receiver)          | $(cpu_text "$CPU_NGINX") |
 | CPU wrk                                  | $(cpu_text "$CPU_WRK") |
 | pgbench -N -c$PGB_CLIENTS tps (before / after)     | $PGB_BEFORE / $PGB_AFTER |
@@ -469,7 +501,7 @@ if [ -n "$JSON_OUT" ]; then
  "post_to_callback_ms": {"p50": $LAT_P50, "p99": $LAT_P99},
  "commits": $((XACT_1 - XACT_0)), "wal_bytes": $WAL_BYTES,
  "commits_per_command": $COMMITS_PER_CMD, "wal_bytes_per_command": $WAL_PER_CMD,
- "cpu_s": {"window_s": $WINDOW, "hookrelay": $CPU_HR, "postgres": $([ -n "$PG_MASTER" ] && echo "$CPU_PG" || echo null), "nginx": $CPU_NGINX, "wrk": $CPU_WRK},
+ "cpu_s": {"window_s": $WINDOW, "hookrelay": $CPU_HR, "postgres": $([ -n "$PG_MASTER" ] && echo "$CPU_PG" || echo null), "postgres_server": $([ -n "$PG_MASTER" ] && echo "$CPU_PG_SERVER" || echo null), "nginx": $CPU_NGINX, "wrk": $CPU_WRK},
  "pgbench_tps": {"before": $PGB_BEFORE, "after": $PGB_AFTER, "clients": $PGB_CLIENTS, "seconds": $PGB_TIME},
  "ratio_to_pgbench": $RATIO}
 JSON
