@@ -28,16 +28,16 @@
 //! `Set-Cookie`, and each integration's credential header
 //! ([`Redactor::is_sensitive_header`]).
 //!
-//! Text that parses as a JSON object or array is masked field by field and
-//! re-serialised (compact) only when something was masked; other text gets the
-//! substring rules only (a truncated JSON body is text).
+//! Text that parses as a JSON value is masked field by field on the text
+//! itself: every byte that is not masked (numbers, spacing, key order) stays
+//! as it was ([`Redactor::json_text`]); other text gets the substring rules
+//! only (a truncated JSON body is text).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 
 use base64::Engine;
 use secrecy::ExposeSecret;
-use serde_json::Value;
 
 use crate::config::Settings;
 use crate::domain::JsonText;
@@ -176,59 +176,6 @@ impl Redactor {
         }
     }
 
-    /// Masks a JSON value in place: sensitive fields at any depth, and known
-    /// secrets and `whsec_` secrets inside every string (keys included).
-    /// Returns whether anything was masked.
-    pub fn json_in_place(&self, value: &mut Value) -> bool {
-        match value {
-            Value::String(s) => {
-                if let Cow::Owned(masked) = self.mask_secrets(s) {
-                    *s = masked;
-                    return true;
-                }
-                false
-            }
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |acc, item| self.json_in_place(item) | acc),
-            Value::Object(map) => {
-                let mut changed = false;
-                let renamed: Vec<(String, String)> = map
-                    .keys()
-                    .filter_map(|k| match self.mask_secrets(k) {
-                        Cow::Owned(m) => Some((k.clone(), m)),
-                        Cow::Borrowed(_) => None,
-                    })
-                    .collect();
-                for (old, new) in renamed {
-                    if let Some(v) = map.remove(&old) {
-                        map.insert(new, v);
-                        changed = true;
-                    }
-                }
-                for (k, v) in map.iter_mut() {
-                    if self.is_sensitive_field(k) {
-                        if *v != Value::String(REDACTED.into()) {
-                            *v = Value::String(REDACTED.into());
-                            changed = true;
-                        }
-                    } else {
-                        changed |= self.json_in_place(v);
-                    }
-                }
-                changed
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => false,
-        }
-    }
-
-    /// A masked copy of a JSON value ([`Redactor::json_in_place`]).
-    pub fn json(&self, value: &Value) -> Value {
-        let mut v = value.clone();
-        self.json_in_place(&mut v);
-        v
-    }
-
     /// Masks outside text: if it is a JSON object or array, field by field
     /// (see [`Redactor::json_text`]: everything that is not masked keeps its
     /// exact bytes); in any case known secrets and `whsec_` secrets.
@@ -244,9 +191,9 @@ impl Redactor {
         self.mask_secrets(text)
     }
 
-    /// Masks JSON text the way [`Redactor::json_in_place`] masks a value —
-    /// sensitive fields replaced whole, known secrets masked inside strings
-    /// and keys — working on the text itself, so every byte that is not
+    /// Masks JSON text — fields whose name is sensitive (at any depth)
+    /// replaced whole, known secrets and `whsec_` secrets masked inside
+    /// strings and keys — working on the text itself, so every byte that is not
     /// masked (numbers above all: `1.7976931348623157e308`, `-0.0`, `1e400`)
     /// stays exactly as the vendor sent it.
     pub fn json_text(&self, json: &JsonText) -> JsonText {
@@ -460,7 +407,7 @@ fn mask_whsec(text: &str) -> String {
 /// rules only (hookrelay keeps deeper upstream bodies as strings anyway).
 const MASK_MAX_DEPTH: usize = 128;
 
-/// Copies JSON text, masking as [`Redactor::json_in_place`] would, without
+/// Copies JSON text, masking sensitive fields and known secrets, without
 /// ever re-formatting what it does not mask.
 struct JsonMasker<'r, 't> {
     redactor: &'r Redactor,
@@ -624,7 +571,16 @@ impl<'r, 't> JsonMasker<'r, 't> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// Masks `v` through [`Redactor::json_text`]: whether anything changed,
+    /// and the result read back.
+    fn masked_json(r: &Redactor, v: &Value) -> (bool, Value) {
+        let text = JsonText::from_value(v);
+        let masked = r.json_text(&text);
+        let back = serde_json::from_str(masked.as_str()).expect("masked JSON is JSON");
+        (masked != text, back)
+    }
 
     fn redactor() -> Redactor {
         Redactor::new(
@@ -637,13 +593,16 @@ mod tests {
     #[test]
     fn fields_are_masked_at_any_depth_case_insensitively() {
         let r = redactor();
-        let mut v = json!({
-            "user": {"Password": "hunter22", "name": "ann"},
-            "items": [{"API_KEY": {"nested": 1}}, {"card_number": 4111}],
-            "headers": {"Authorization": "Basic abc", "x-vendor-key": "k", "Accept": "*/*"},
-            "note": "fine"
-        });
-        assert!(r.json_in_place(&mut v));
+        let (changed, v) = masked_json(
+            &r,
+            &json!({
+                "user": {"Password": "hunter22", "name": "ann"},
+                "items": [{"API_KEY": {"nested": 1}}, {"card_number": 4111}],
+                "headers": {"Authorization": "Basic abc", "x-vendor-key": "k", "Accept": "*/*"},
+                "note": "fine"
+            }),
+        );
+        assert!(changed);
         assert_eq!(
             v,
             json!({
@@ -653,8 +612,7 @@ mod tests {
                 "note": "fine"
             })
         );
-        let mut clean = json!({"a": [1, "b"]});
-        assert!(!r.json_in_place(&mut clean));
+        assert!(!masked_json(&r, &json!({"a": [1, "b"]})).0);
     }
 
     #[test]
@@ -677,8 +635,8 @@ mod tests {
         assert_eq!(r.header("X-Vendor-Key", "a=b"), REDACTED);
         assert_eq!(r.header("accept", "a/b"), "a/b");
         // Secrets inside object keys are masked too.
-        let mut v = json!({"vendor-token-123456": 1});
-        assert!(r.json_in_place(&mut v));
+        let (changed, v) = masked_json(&r, &json!({"vendor-token-123456": 1}));
+        assert!(changed);
         assert!(!v.to_string().contains("vendor-token"), "{v}");
     }
 
