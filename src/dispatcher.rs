@@ -550,12 +550,9 @@ async fn give_up(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     finish(ctx, job, CommandStatus::Failed, &result).await
 }
 
+/// Runs an execute job. A job for a finished command never gets here
+/// ([`nothing_to_do`] drops it first): the upstream is never called twice.
 async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> {
-    let status = job.command_status;
-    if status.is_terminal() {
-        // A duplicate job for a finished command: never call the upstream twice.
-        return outbox::drop_job(&ctx.pool, job).await;
-    }
     let (Some(integration), Some(policy)) = (
         ctx.integrations.get(&job.integration),
         ctx.policies.get(&job.integration),
@@ -794,9 +791,7 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         tracing::error!("deliver job without its delivery row; dropping it");
         return outbox::drop_job(&ctx.pool, job).await;
     };
-    if job.delivery_status != Some(DeliveryStatus::Pending) {
-        return outbox::drop_job(&ctx.pool, job).await;
-    }
+    // Only pending deliveries get here ([`nothing_to_do`]).
     let secrets = match &job.secrets {
         // Newest first; older rows than the current secret and the one it
         // replaced never sign (rows left from before rotation retired them).
