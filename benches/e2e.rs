@@ -535,7 +535,8 @@ async fn drain(args: Args) -> anyhow::Result<()> {
     .await?;
     // Rows written with SQL are unsealed, and the dispatcher quarantines
     // unsealed jobs: seal the deliveries as `finish` would.
-    let job_sealer = hookrelay::seal::JobSealer::from_keys(&settings.security.job_mac_keys)?;
+    let job_sealer =
+        hookrelay::security::seal::JobSealer::from_keys(&settings.security.job_mac_keys)?;
     let rows: Vec<(Uuid, Uuid, String, String, String)> =
         sqlx::query_as("SELECT id, command_id, client_id, url, payload FROM deliveries")
             .fetch_all(&pool)
@@ -543,7 +544,7 @@ async fn drain(args: Args) -> anyhow::Result<()> {
     let (ids, seals): (Vec<Uuid>, Vec<String>) = rows
         .iter()
         .map(|(id, command_id, client_id, url, payload)| {
-            let seal = job_sealer.seal_deliver(&hookrelay::seal::DeliverSeal {
+            let seal = job_sealer.seal_deliver(&hookrelay::security::seal::DeliverSeal {
                 delivery_id: *id,
                 command_id: *command_id,
                 client_id,

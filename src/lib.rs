@@ -45,30 +45,18 @@
 //! [`startup`] is the root that nothing imports. CI checks it with
 //! `scripts/check_cycles.py` (see `docs/architecture.md`, "Dependencies").
 
-pub mod admin;
 pub mod auth;
-pub mod authz;
-pub mod batch;
 pub mod command;
 pub mod config;
 pub mod db;
 pub mod delivery;
-pub mod dispatcher;
 pub mod domain;
-pub mod error;
-pub mod events;
-pub mod health;
-pub mod http_util;
+pub mod http;
 pub mod integration;
-pub mod limits;
+pub mod jobs;
 pub mod maintenance;
-pub mod metrics;
-pub mod openapi;
 pub mod outbox;
 pub mod query;
-pub mod redact;
-pub mod resilience;
-pub mod seal;
 pub mod security;
 pub mod startup;
 pub mod telemetry;

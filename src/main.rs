@@ -137,10 +137,11 @@ fn main() -> ExitCode {
                 let url = settings.database.url.expose_secret();
                 let pool =
                     hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
-                let sealer =
-                    hookrelay::seal::JobSealer::from_keys(&settings.security.job_mac_keys)?;
+                let sealer = hookrelay::security::seal::JobSealer::from_keys(
+                    &settings.security.job_mac_keys,
+                )?;
                 let key = sealer.key_ids().next().unwrap_or_default().to_owned();
-                let report = hookrelay::seal::reseal_jobs(&pool, &sealer).await?;
+                let report = hookrelay::security::seal::reseal_jobs(&pool, &sealer).await?;
                 println!("re-sealed {} job rows with key `{key}`", report.resealed);
                 if report.unverified > 0 {
                     anyhow::bail!(

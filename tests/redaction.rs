@@ -10,7 +10,7 @@
 //! and a failed database connection, and searches the captured output for
 //! every secret it handed to the application.
 //!
-//! The redaction layer (`hookrelay::redact`) is checked on the same run: the
+//! The redaction layer (`hookrelay::security::redact`) is checked on the same run: the
 //! command's body carries a sensitive field (`password`), the upstream echoes
 //! that body and the credential it received, and the receiver answers with
 //! both. Neither may appear in the logs, the attempt audit log, the stored

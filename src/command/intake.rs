@@ -1,7 +1,7 @@
 //! Group intake: concurrent `POST /v1/commands` requests are written together.
 //!
 //! Handlers hand a validated [`NewCommand`] to the [`Intake`] and wait. Writer
-//! tasks (`commands.intake_writers`, see [`crate::batch`]) each take whatever is
+//! tasks (`commands.intake_writers`, see [`crate::db::batch`]) each take whatever is
 //! queued (up to `commands.intake_batch_max`, optionally waiting
 //! `intake_batch_window_ms` for more) and insert the commands and their `execute` jobs with one `UNNEST`
 //! statement in one transaction; only after the commit is every request in the
@@ -23,10 +23,10 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::batch::{with_single_fallback, Batcher};
+use crate::db::batch::{with_single_fallback, Batcher};
 use crate::domain::JsonText;
-use crate::error::ApiError;
-use crate::seal::{ExecuteSeal, JobSealer};
+use crate::http::error::ApiError;
+use crate::security::seal::{ExecuteSeal, JobSealer};
 
 /// A validated command, ready to insert.
 #[derive(Debug, Clone)]
@@ -191,7 +191,7 @@ struct Existing {
 }
 
 /// Inserts the commands (each sealed for its execute job, see
-/// [`crate::seal`]) and their execute jobs; returns one outcome per input, in
+/// [`crate::security::seal`]) and their execute jobs; returns one outcome per input, in
 /// order.
 ///
 /// A command skipped for its idempotency key whose holder is gone when it is

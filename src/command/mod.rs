@@ -24,8 +24,8 @@ use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::WritePool;
 use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, IdempotencyKey, JsonText};
-use crate::error::{ApiError, Problem};
-use crate::http_util::{check_json_content_type, parse_json, read_limited};
+use crate::http::body::{check_json_content_type, parse_json, read_limited};
+use crate::http::error::{ApiError, Problem};
 use crate::integration::PathTemplate;
 use crate::query::{self, CallbackState, StatusDocument};
 use crate::security::SecretSealer;
@@ -248,7 +248,7 @@ pub async fn rotate_signing_secret(
     settings: web::Data<Arc<Settings>>,
     sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(guard) = req.app_data::<web::Data<crate::limits::Guard>>() {
+    if let Some(guard) = req.app_data::<web::Data<crate::auth::limits::Guard>>() {
         guard.admit_rotation(&principal.client_id)?;
     }
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
@@ -319,7 +319,7 @@ fn validate(
                 ),
             )
         })?;
-    principal.require(&crate::authz::operation_roles(operation))?;
+    principal.require(&crate::auth::authz::operation_roles(operation))?;
     let params_text = request
         .params
         .unwrap_or_else(|| JsonText::from_value(&Value::Object(serde_json::Map::new())));

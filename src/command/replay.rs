@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 use crate::outbox::{dead_letters_remain, replay_dead_letters, ReplayFilter};
 
 use crate::db::WritePool;
@@ -133,17 +133,17 @@ pub async fn replay_bulk(
     // Read like every other body: up to `server.body_limit_bytes`, beyond
     // that a 413 problem document (not actix's own plain-text answer at its
     // 256 KiB default).
-    let body = crate::http_util::read_limited(payload, settings.server.body_limit_bytes).await?;
+    let body = crate::http::body::read_limited(payload, settings.server.body_limit_bytes).await?;
     let request: BulkReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
         BulkReplayRequest::default()
     } else {
-        crate::http_util::parse_json(&body)?
+        crate::http::body::parse_json(&body)?
     };
     for (field, value) in [
         ("integration", &request.integration),
         ("client_id", &request.client_id),
     ] {
-        crate::http_util::reject_nul_param(field, value.as_deref())?;
+        crate::http::body::reject_nul_param(field, value.as_deref())?;
     }
     for (field, value) in [("since", request.since), ("until", request.until)] {
         if value.is_some_and(|t| !crate::domain::storable_time(&t)) {

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::StatusDocument;
 use crate::config::{CacheSettings, QuerySideSettings};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// A Redis connection used as a cache: lazy connection (a Redis that is down
 /// at start does not stop the service), a timeout on every command, and
@@ -86,7 +86,7 @@ impl RedisCache {
             .and_then(|f| *f)
             .is_some_and(|at| at.elapsed() < RECONNECT_AFTER);
         if recently_failed {
-            crate::metrics::cache_error("connect");
+            crate::telemetry::metrics::cache_error("connect");
             return None;
         }
         let init = async {
@@ -102,7 +102,7 @@ impl RedisCache {
                     *f = Some(std::time::Instant::now());
                 }
                 tracing::warn!(target: "hookrelay::query", error = %e, "redis cache: cannot connect; reading without the cache");
-                crate::metrics::cache_error("connect");
+                crate::telemetry::metrics::cache_error("connect");
                 None
             }
         }
@@ -114,12 +114,12 @@ impl RedisCache {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 tracing::warn!(target: "hookrelay::query", op, error = %e, "redis cache error; falling back");
-                crate::metrics::cache_error(op);
+                crate::telemetry::metrics::cache_error(op);
                 None
             }
             Err(_) => {
                 tracing::warn!(target: "hookrelay::query", op, timeout_ms = self.timeout.as_millis() as u64, "redis cache timed out; falling back");
-                crate::metrics::cache_error(op);
+                crate::telemetry::metrics::cache_error(op);
                 None
             }
         }
@@ -228,7 +228,7 @@ impl StatusCache {
                     Ok(hit) => return Ok((Arc::new(hit), true)),
                     Err(e) => {
                         tracing::warn!(target: "hookrelay::query", error = %e, "redis cache: undecodable status document; ignoring it");
-                        crate::metrics::cache_error("decode");
+                        crate::telemetry::metrics::cache_error("decode");
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! The push stream: command and callback status changes as Server-Sent Events
 //! (WHATWG HTML, "Server-sent events"), served from the durable event log
-//! ([`crate::events`]).
+//! ([`crate::query::event_log`]).
 //!
 //! - `GET /v1/events`: a client's own commands; readers and admins see every
 //!   client's (optionally `?client_id=`). Without a `Last-Event-ID` it starts
@@ -27,8 +27,8 @@ use utoipa::IntoParams;
 use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::{ReadPool, WritePool};
-use crate::error::ApiError;
-use crate::events::{Cursor, Event, EventFeed, EventFilter};
+use crate::http::error::ApiError;
+use crate::query::event_log::{Cursor, Event, EventFeed, EventFilter};
 
 /// The `Last-Event-ID` request header (WHATWG HTML, server-sent events).
 pub const LAST_EVENT_ID: &str = "Last-Event-ID";
@@ -83,10 +83,10 @@ fn resume_point(req: &HttpRequest, param: Option<&str>) -> Result<Option<Cursor>
            ("Last-Event-ID" = Option<String>, Header, description = "Resume right after this event id (`<xid>-<id>`)")),
     responses(
         (status = 200, description = "An endless `text/event-stream`: `id: <xid>-<id>`, `event: <type>` (command.accepted, command.in_progress, command.succeeded, command.failed, callback.delivered, callback.dead_lettered, callback.replayed), `data: <JSON>` with command_id, client_id, type, status, integration, operation, occurred_at (+ status_code, callback)", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Another client's events (`client_id` of a client token), or a token with none of the roles client, reader, admin", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad `Last-Event-ID` / `last_event_id` / `client_id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many open streams (`events.max_streams`), or the database is unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another client's events (`client_id` of a client token), or a token with none of the roles client, reader, admin", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `Last-Event-ID` / `last_event_id` / `client_id`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams (`events.max_streams`), or the database is unavailable", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -98,7 +98,7 @@ pub async fn stream_events(
     feed: web::Data<EventFeed>,
     settings: web::Data<Arc<Settings>>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::http_util::reject_nul_param("client_id", params.client_id.as_deref())?;
+    crate::http::body::reject_nul_param("client_id", params.client_id.as_deref())?;
     let client_id = if principal.reads_all() {
         params.client_id.clone()
     } else {
@@ -120,7 +120,7 @@ pub async fn stream_events(
     // tailer's position, which is the start of the log until its first read).
     let from = match from {
         Some(c) => c,
-        None => crate::events::head(feed.pool()).await?,
+        None => crate::query::event_log::head(feed.pool()).await?,
     };
     open_stream(&feed, &settings, from, filter)
 }
@@ -132,11 +132,11 @@ pub async fn stream_events(
            ("Last-Event-ID" = Option<String>, Header, description = "Resume right after this event id (`<xid>-<id>`)")),
     responses(
         (status = 200, description = "An endless `text/event-stream` of this command's events, oldest first (same format as `/v1/events`)", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No or invalid token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Token has none of the roles client, reader, admin", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such command, not yours, or an id that is not a UUID", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad `Last-Event-ID` / `last_event_id`", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many open streams (`events.max_streams`), or the database is unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid token", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token has none of the roles client, reader, admin", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such command, not yours, or an id that is not a UUID", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad `Last-Event-ID` / `last_event_id`", body = crate::http::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many open streams (`events.max_streams`), or the database is unavailable", body = crate::http::error::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

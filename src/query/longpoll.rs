@@ -54,14 +54,14 @@ struct Registered;
 
 impl Registered {
     fn new() -> Self {
-        crate::metrics::long_poll_waiters(1.0);
+        crate::telemetry::metrics::long_poll_waiters(1.0);
         Registered
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        crate::metrics::long_poll_waiters(-1.0);
+        crate::telemetry::metrics::long_poll_waiters(-1.0);
     }
 }
 
@@ -139,7 +139,7 @@ impl LongPoll {
             waiters.keys().copied().collect()
         };
         for chunk in ids.chunks(IDS_PER_READ) {
-            crate::metrics::long_poll_read();
+            crate::telemetry::metrics::long_poll_read();
             let docs = match super::load_statuses(&self.pool, chunk).await {
                 Ok(docs) => docs,
                 Err(e) => {

@@ -18,6 +18,9 @@
 //! `hookrelay_cache_requests_total` / `hookrelay_query_duration_seconds`.
 //! The consistency model is described in `docs/queries.md`.
 
+pub mod event_log;
+pub mod integrations;
+
 pub mod cache;
 pub mod events;
 pub mod longpoll;
@@ -35,9 +38,9 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::db::{ReadPool, WritePool};
 use crate::domain::{CommandStatus, DeliveryStatus};
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
+use crate::integration::resilience::Policies;
 use crate::integration::UpstreamResult;
-use crate::resilience::Policies;
 
 use cache::{CachedStatus, RecentWriters, StatusCache};
 use longpoll::LongPoll;
@@ -98,7 +101,7 @@ impl QueryState {
     /// TTL (`query.max_staleness_ms`) still bounds those documents.
     pub async fn invalidate_from_events(
         self: Arc<Self>,
-        mut events: tokio::sync::broadcast::Receiver<Arc<crate::events::Event>>,
+        mut events: tokio::sync::broadcast::Receiver<Arc<crate::query::event_log::Event>>,
     ) {
         use tokio::sync::broadcast::error::{RecvError, TryRecvError};
         if !self.status.enabled() {
@@ -191,7 +194,7 @@ pub(crate) fn log_answer(
         Err(e) => e.status_code().as_u16(),
     };
     let elapsed = started.elapsed();
-    crate::metrics::query_answered(endpoint, outcome, elapsed.as_secs_f64());
+    crate::telemetry::metrics::query_answered(endpoint, outcome, elapsed.as_secs_f64());
     tracing::info!(
         target: "hookrelay::query",
         endpoint,
@@ -622,7 +625,7 @@ pub async fn list_commands(
                     .map_err(|_| ApiError::validation("cursor", "is not a cursor from this API"))
             })
             .transpose()?;
-        crate::http_util::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::http::body::reject_nul_param("integration", params.integration.as_deref())?;
         let owner = (!principal.reads_all()).then(|| principal.client_id.clone());
         let rows: Vec<StatusRow> = sqlx::query_as(&format!(
             r#"{STATUS_SELECT}
@@ -867,8 +870,8 @@ pub async fn list_dead_letters(
     let result = async {
         let pool = &read.0;
         let limit = page_limit(params.limit.as_deref())?;
-        crate::http_util::reject_nul_param("integration", params.integration.as_deref())?;
-        crate::http_util::reject_nul_param("client_id", params.client_id.as_deref())?;
+        crate::http::body::reject_nul_param("integration", params.integration.as_deref())?;
+        crate::http::body::reject_nul_param("client_id", params.client_id.as_deref())?;
         let since = parse_time("since", params.since.as_deref())?;
         let until = parse_time("until", params.until.as_deref())?;
         let cursor = params

@@ -29,9 +29,9 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::auth::Principal;
 use crate::config::QuerySettings;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
+use crate::integration::resilience::{Admission, Policies};
 use crate::integration::{Integration, Integrations};
-use crate::resilience::{Admission, Policies};
 
 use super::cache::RedisCache;
 
@@ -179,7 +179,7 @@ impl QueryCache {
                     .ok()
                     .and_then(StoredEntry::into_entry);
                 if entry.is_none() {
-                    crate::metrics::cache_error("decode");
+                    crate::telemetry::metrics::cache_error("decode");
                 }
                 entry.map(Arc::new)
             }
@@ -418,7 +418,7 @@ async fn run_query(
         .and_then(|i| i.queries.get(query))
         .cloned()
         .ok_or_else(not_found)?;
-    principal.require(&crate::authz::query_roles(&qsettings))?;
+    principal.require(&crate::auth::authz::query_roles(&qsettings))?;
     if integrations.get(name).is_none() || policies.get(name).is_none() {
         return Err(not_found());
     }
@@ -728,10 +728,10 @@ pub async fn batch_queries(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = async {
-        crate::http_util::check_json_content_type(&req)?;
+        crate::http::body::check_json_content_type(&req)?;
         let bytes =
-            crate::http_util::read_limited(payload, settings.server.body_limit_bytes).await?;
-        let request = crate::http_util::parse_json::<BatchRequest>(&bytes)?;
+            crate::http::body::read_limited(payload, settings.server.body_limit_bytes).await?;
+        let request = crate::http::body::parse_json::<BatchRequest>(&bytes)?;
         let max = settings.query.batch_max_queries;
         if request.queries.is_empty() || request.queries.len() > max {
             return Err(ApiError::validation(
@@ -742,7 +742,7 @@ pub async fn batch_queries(
         tracing::Span::current().record("queries", request.queries.len() as u64);
         // The request itself was charged once by the limits middleware; each
         // further entry costs one more request of the client's rate limit.
-        if let Some(guard) = req.app_data::<web::Data<crate::limits::Guard>>() {
+        if let Some(guard) = req.app_data::<web::Data<crate::auth::limits::Guard>>() {
             let extra = u32::try_from(request.queries.len() - 1).unwrap_or(u32::MAX);
             guard.charge_client(&principal.client_id, extra)?;
         }
@@ -766,7 +766,7 @@ pub async fn batch_queries(
                     Ok(a) => a.entry.status,
                     Err(e) => e.problem().status,
                 };
-                crate::metrics::query_answered(
+                crate::telemetry::metrics::query_answered(
                     "upstream",
                     outcome,
                     entry_started.elapsed().as_secs_f64(),
@@ -809,7 +809,7 @@ async fn answer_from_fallback(
     fallback: &crate::config::FallbackSettings,
     qs: &str,
 ) -> Option<Arc<Entry>> {
-    crate::metrics::fallback_used(integration, query);
+    crate::telemetry::metrics::fallback_used(integration, query);
     let entry = if let Some(status) = fallback.status {
         Arc::new(Entry {
             status,
@@ -850,7 +850,7 @@ async fn answer_from_fallback(
 
 async fn fetch(
     integration: &Integration,
-    policy: &crate::resilience::Policy,
+    policy: &crate::integration::resilience::Policy,
     query: &str,
     path: &str,
     qs: &str,
@@ -860,11 +860,11 @@ async fn fetch(
     let ticket = match policy.admit().await {
         Admission::Go(t) => t,
         Admission::Wait { delay, reason } => {
-            crate::metrics::throttled(&integration.name, reason);
+            crate::telemetry::metrics::throttled(&integration.name, reason);
             return Err(FetchError::Throttled(delay));
         }
         Admission::Open { remaining } => {
-            crate::metrics::upstream_call(&integration.name, query, "open", 0.0);
+            crate::telemetry::metrics::upstream_call(&integration.name, query, "open", 0.0);
             return Err(FetchError::Open(remaining));
         }
     };

@@ -1,4 +1,4 @@
-//! The route × role table (src/authz.rs `RULES`), walked over real HTTP.
+//! The route × role table (src/auth/authz.rs `RULES`), walked over real HTTP.
 //!
 //! The expected statuses below are written out by hand from the route table
 //! of `docs/reference.md`, "Authentication and roles"; the test checks that
@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hookrelay::authz::RULES;
+use hookrelay::auth::authz::RULES;
 use serde_json::{json, Value};
 use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
@@ -127,7 +127,10 @@ async fn every_route_answers_every_caller_as_the_table_says() {
     // Both directions: the hand-written table and the server's table agree.
     let expected: BTreeSet<(&str, &str)> = EXPECTED.iter().map(|(m, p, _)| (*m, *p)).collect();
     let rules: BTreeSet<(&str, &str)> = RULES.iter().map(|r| (r.method, r.path)).collect();
-    assert_eq!(expected, rules, "src/authz.rs RULES vs this test's table");
+    assert_eq!(
+        expected, rules,
+        "src/auth/authz.rs RULES vs this test's table"
+    );
     // The table covers every operation the API documents.
     let doc = app.openapi().await;
     let mut documented = BTreeSet::new();

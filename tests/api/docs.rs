@@ -166,7 +166,7 @@ fn every_relative_link_in_readme_and_docs_resolves() {
     assert!(checked >= 20, "only {checked} relative links found");
 }
 
-/// Repository paths quoted as code (`src/outbox.rs`, `docs/alerts.yml`) in the
+/// Repository paths quoted as code (`src/outbox/mod.rs`, `docs/alerts.yml`) in the
 /// README and `docs/` exist (placeholders such as `{id}` or `NAME` and
 /// globs are skipped).
 #[test]
@@ -334,7 +334,8 @@ fn reference_statuses() -> BTreeMap<(String, String), BTreeSet<String>> {
 
 #[test]
 fn the_reference_documents_every_status_of_every_route() {
-    let doc = serde_json::to_value(hookrelay::openapi::ApiDoc::openapi()).expect("openapi");
+    let doc =
+        serde_json::to_value(hookrelay::startup::openapi::ApiDoc::openapi()).expect("openapi");
     let mut documented: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (verb, op) in item.as_object().expect("path item") {

@@ -578,7 +578,7 @@ async fn outbox_lag_is_the_age_of_the_oldest_ready_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_falls_behind_catches_up_without_gaps_or_duplicates() {
-    use hookrelay::events::{Cursor, EventFeed, EventFilter};
+    use hookrelay::query::event_log::{Cursor, EventFeed, EventFilter};
     let upstream = MockServer::start().await;
     let app = spawn_with_settings(test_settings(&upstream.uri()), upstream, ServeRole::Api).await;
     // A feed whose broadcast keeps only 4 events, and a consumer that reads

@@ -18,7 +18,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::config::DeliverySettings;
-use crate::http_util::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
+use crate::http::body::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
 use crate::integration::UpstreamResult;
 use crate::security::SECRET_PREFIX;
 

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::batch::{with_single_fallback, Batcher};
+use crate::db::batch::{with_single_fallback, Batcher};
 
 use crate::delivery::AttemptOutcome;
 use crate::domain::{CommandStatus, DeliveryStatus, JobKind};
@@ -90,8 +90,8 @@ pub struct ClaimedJob {
 
 impl ClaimedJob {
     /// The fields an execute job acts on, as covered by its command's seal.
-    pub fn execute_seal(&self) -> crate::seal::ExecuteSeal<'_> {
-        crate::seal::ExecuteSeal {
+    pub fn execute_seal(&self) -> crate::security::seal::ExecuteSeal<'_> {
+        crate::security::seal::ExecuteSeal {
             command_id: self.command_id,
             client_id: &self.client_id,
             integration: &self.integration,
@@ -107,8 +107,8 @@ impl ClaimedJob {
 
     /// The fields a deliver job acts on, as covered by its delivery's seal
     /// (`None` when the delivery row is missing).
-    pub fn deliver_seal(&self) -> Option<crate::seal::DeliverSeal<'_>> {
-        Some(crate::seal::DeliverSeal {
+    pub fn deliver_seal(&self) -> Option<crate::security::seal::DeliverSeal<'_>> {
+        Some(crate::security::seal::DeliverSeal {
             delivery_id: self.delivery_id?,
             command_id: self.command_id,
             client_id: &self.client_id,
@@ -564,7 +564,7 @@ pub enum Outcome {
 }
 
 /// Group writer for job outcomes: concurrent job tasks' outcomes share one
-/// statement (and commit) per kind and batch — see [`crate::batch`].
+/// statement (and commit) per kind and batch — see [`crate::db::batch`].
 #[derive(Clone)]
 pub struct Outcomes(Batcher<Outcome, sqlx::Result<bool>>);
 

@@ -433,7 +433,7 @@ mod tests {
             LONG_POLL_WAITERS,
             LONG_POLL_READS,
         ];
-        let rules = include_str!("../docs/alerts.yml");
+        let rules = include_str!("../../docs/alerts.yml");
         let used: Vec<&str> = rules
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("hookrelay_"))

@@ -34,7 +34,7 @@ use crate::config::{
     OperationSettings, QuerySettings, Settings, DEFAULT_OPERATION_ROLES, DEFAULT_QUERY_ROLES,
 };
 use crate::db::WritePool;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Parses a `Retry-After` value: delay-seconds (`1*DIGIT`) or an HTTP-date
 /// (RFC 9110 §10.2.3). A date in the past means zero; delay-seconds too large

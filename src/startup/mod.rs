@@ -1,6 +1,8 @@
 //! Building and running the application: pools, the HTTP server (API role)
 //! and the dispatcher (worker role), with graceful shutdown.
 
+pub mod openapi;
+
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,22 +18,22 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
+use crate::auth::limits::{Guard, Listener};
 use crate::auth::JwtKeys;
 use crate::command::Intake;
 use crate::config::{Settings, DEV_JWT_SECRET};
 use crate::delivery::Sender;
-use crate::dispatcher::{DispatchContext, Dispatcher, HostLimits};
-use crate::error::{not_found, path_error_handler, query_error_handler};
-use crate::events::EventFeed;
+use crate::http::error::{not_found, path_error_handler, query_error_handler};
+use crate::integration::resilience::{Policies, RetryBudget};
 use crate::integration::Integrations;
-use crate::limits::{Guard, Listener};
+use crate::jobs::{DispatchContext, Dispatcher, HostLimits};
 use crate::maintenance::Scheduler;
 use crate::outbox::Outcomes;
 use crate::query::cache::RedisCache;
+use crate::query::event_log::EventFeed;
 use crate::query::QueryState;
-use crate::redact::Redactor;
-use crate::resilience::{Policies, RetryBudget};
-use crate::seal::JobSealer;
+use crate::security::redact::Redactor;
+use crate::security::seal::JobSealer;
 use crate::security::SecretSealer;
 use crate::telemetry::RootSpan;
 
@@ -107,7 +109,7 @@ impl Application {
             }
         }
         // Before anything records: the recorder is process-global.
-        let metrics = crate::metrics::install();
+        let metrics = crate::telemetry::metrics::install();
         let sealer = Arc::new(
             SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
                 .context("security.signing_key_encryption_keys")?,
@@ -376,7 +378,7 @@ struct SharedData {
     query_cache: web::Data<crate::query::upstream::QueryCache>,
     policies: web::Data<Arc<Policies>>,
     keys: web::Data<JwtKeys>,
-    authz: web::Data<crate::authz::Authz>,
+    authz: web::Data<crate::auth::authz::Authz>,
     settings: web::Data<Arc<Settings>>,
     write_pool: web::Data<WritePool>,
     read_pool: web::Data<ReadPool>,
@@ -397,7 +399,7 @@ impl SharedData {
             )),
             policies: web::Data::new(state.policies),
             keys: web::Data::new(JwtKeys::new(&settings.auth)?),
-            authz: web::Data::new(crate::authz::Authz::from_settings(settings)),
+            authz: web::Data::new(crate::auth::authz::Authz::from_settings(settings)),
             settings: web::Data::new(settings.clone()),
             write_pool: web::Data::new(WritePool(state.primary)),
             read_pool: web::Data::new(ReadPool(state.read)),
@@ -446,7 +448,7 @@ fn listen(
 }
 
 /// One HTTP server on `listener`. Every listener registers every route; the
-/// [`crate::limits::guard`] middleware decides which paths `kind` serves
+/// [`crate::auth::limits::guard`] middleware decides which paths `kind` serves
 /// (404 for the others), and applies the header-size and rate limits.
 fn http_server(
     listener: TcpListener,
@@ -481,15 +483,21 @@ fn http_server(
             // Innermost first: limits (rate, header size, which listener
             // serves the path) run before the route table (authz) is
             // enforced, all inside the request's root span.
-            .wrap(actix_web::middleware::from_fn(crate::authz::layer))
-            .wrap(actix_web::middleware::from_fn(crate::limits::guard))
+            .wrap(actix_web::middleware::from_fn(crate::auth::authz::layer))
+            .wrap(actix_web::middleware::from_fn(crate::auth::limits::guard))
             .wrap(TracingLogger::<RootSpan>::new())
             .configure(crate::command::routes)
             .configure(crate::query::routes)
-            .configure(crate::health::routes)
-            .configure(crate::admin::routes)
-            .route("/openapi.json", web::get().to(crate::openapi::openapi_json))
-            .route("/metrics", web::get().to(crate::metrics::metrics_page))
+            .configure(crate::http::health::routes)
+            .configure(crate::query::integrations::routes)
+            .route(
+                "/openapi.json",
+                web::get().to(crate::startup::openapi::openapi_json),
+            )
+            .route(
+                "/metrics",
+                web::get().to(crate::telemetry::metrics::metrics_page),
+            )
             .default_service(web::to(not_found))
     })
     .listen(listener)?

@@ -27,13 +27,13 @@ use crate::config::FallbackSettings;
 use crate::config::Settings;
 use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, DeliveryStatus, JobKind, JsonText};
+use crate::integration::resilience::{Admission, Policies, RetryBudget};
 use crate::integration::{
     backoff, CallOutcome, Integrations, PathTemplate, UpstreamRequest, UpstreamResult,
 };
 use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
-use crate::redact::Redactor;
-use crate::resilience::{Admission, Policies, RetryBudget};
-use crate::seal::{DeliverSeal, JobSealer, SealError};
+use crate::security::redact::Redactor;
+use crate::security::seal::{DeliverSeal, JobSealer, SealError};
 use crate::security::{ensure_signing_secrets, SecretSealer, SecretStoreError};
 
 /// Everything a job needs, shared by all job tasks.
@@ -330,7 +330,7 @@ const LAG_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 async fn sample_outbox_lag(pool: PgPool, cancel: CancellationToken) {
     loop {
         match outbox::oldest_ready_age(&pool).await {
-            Ok(age) => crate::metrics::outbox_lag(age.as_secs_f64()),
+            Ok(age) => crate::telemetry::metrics::outbox_lag(age.as_secs_f64()),
             Err(e) => tracing::debug!(error = %e, "sampling the outbox lag failed"),
         }
         tokio::select! {
@@ -393,7 +393,7 @@ fn nothing_to_do(job: &ClaimedJob) -> bool {
     }
 }
 
-/// Checks the seal of the row the job acts on (see [`crate::seal`]).
+/// Checks the seal of the row the job acts on (see [`crate::security::seal`]).
 fn verify_seal(ctx: &DispatchContext, job: &ClaimedJob) -> Result<(), SealError> {
     match job.kind {
         JobKind::Execute => ctx
@@ -426,7 +426,7 @@ async fn quarantine(
     );
     let done = outbox::quarantine(&ctx.pool, job, &error.to_string()).await?;
     if done {
-        crate::metrics::job_quarantined(job.kind.as_str());
+        crate::telemetry::metrics::job_quarantined(job.kind.as_str());
     }
     Ok(done)
 }
@@ -442,7 +442,7 @@ async fn fail_undecodable(
     job: &ClaimedJob,
     why: &str,
 ) -> sqlx::Result<bool> {
-    crate::metrics::job_quarantined(job.kind.as_str());
+    crate::telemetry::metrics::job_quarantined(job.kind.as_str());
     let why = format!("undecodable: {why}; not executed");
     if job.kind == JobKind::Execute {
         if let Err(error) = verify_seal(ctx, job) {
@@ -515,7 +515,7 @@ async fn record(ctx: &DispatchContext, job_id: i64, outcome: Outcome) -> sqlx::R
         match ctx.outcomes.record(outcome.clone()).await {
             Ok(done) => break Ok(done),
             Err(e) => {
-                if !crate::batch::is_transient(&e) {
+                if !crate::db::batch::is_transient(&e) {
                     non_transient += 1;
                     if non_transient >= RECORD_TRIES_NON_TRANSIENT {
                         break Err(e);
@@ -566,12 +566,17 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     let ticket = match policy.admit().await {
         Admission::Go(ticket) => ticket,
         Admission::Wait { delay, reason } => {
-            crate::metrics::throttled(&job.integration, reason);
-            crate::metrics::upstream_call(&job.integration, &job.operation, "throttled", 0.0);
+            crate::telemetry::metrics::throttled(&job.integration, reason);
+            crate::telemetry::metrics::upstream_call(
+                &job.integration,
+                &job.operation,
+                "throttled",
+                0.0,
+            );
             return defer(ctx, job, delay).await;
         }
         Admission::Open { remaining } => {
-            crate::metrics::upstream_call(&job.integration, &job.operation, "open", 0.0);
+            crate::telemetry::metrics::upstream_call(&job.integration, &job.operation, "open", 0.0);
             let fallback = integration
                 .operation(&job.operation)
                 .and_then(|op| op.fallback.as_ref());
@@ -585,7 +590,7 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
     if attempt > 1 && !ctx.retry_budget.try_withdraw() {
         // Retries may use only a fraction of all calls: wait for the budget.
         policy.record(ticket, None, None);
-        crate::metrics::throttled(&job.integration, "budget");
+        crate::telemetry::metrics::throttled(&job.integration, "budget");
         return defer(ctx, job, Duration::from_secs(1)).await;
     }
     if attempt <= 1 {
@@ -631,7 +636,7 @@ async fn execute(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
                 .unwrap_or_default();
             let error = ctx.redactor.text(&error).into_owned();
             tracing::info!(target: "hookrelay::command", %error, delay_ms = delay.as_millis() as u64, "upstream call failed; retrying");
-            crate::metrics::upstream_retry(&job.integration, &job.operation);
+            crate::telemetry::metrics::upstream_retry(&job.integration, &job.operation);
             let done = outbox::retry_execute(&ctx.pool, job, delay, &error).await?;
             ctx.wake.notify_one();
             Ok(done)
@@ -661,7 +666,7 @@ async fn run_fallback(
     fallback: &FallbackSettings,
     remaining: Duration,
 ) -> sqlx::Result<bool> {
-    crate::metrics::fallback_used(&job.integration, &job.operation);
+    crate::telemetry::metrics::fallback_used(&job.integration, &job.operation);
     if let Some(status) = fallback.status {
         let result = UpstreamResult {
             status_code: Some(status),
@@ -855,7 +860,7 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         }
     };
     tracing::debug!(webhook_id = %webhook_id, status = ?outcome.response_status, next = ?next, "callback attempt");
-    crate::metrics::delivery_attempt(
+    crate::telemetry::metrics::delivery_attempt(
         next.metric_outcome(),
         f64::from(outcome.duration_ms) / 1000.0,
     );
@@ -883,7 +888,10 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         let latency = (chrono::Utc::now() - job.command_created_at)
             .to_std()
             .unwrap_or_default();
-        crate::metrics::command_delivery_latency(&job.integration, latency.as_secs_f64());
+        crate::telemetry::metrics::command_delivery_latency(
+            &job.integration,
+            latency.as_secs_f64(),
+        );
     }
     Ok(done)
 }

@@ -22,10 +22,10 @@ use utoipa::{Modify, OpenApi};
         crate::query::upstream::batch_queries,
         crate::command::replay::replay_one,
         crate::command::replay::replay_bulk,
-        crate::admin::integrations,
-        crate::health::healthz,
-        crate::health::readyz,
-        crate::metrics::metrics_page,
+        crate::query::integrations::integrations,
+        crate::http::health::healthz,
+        crate::http::health::readyz,
+        crate::telemetry::metrics::metrics_page,
         openapi_json,
     ),
     modifiers(&BearerAuth, &LimitResponses),
@@ -57,7 +57,7 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The answers of the abuse limits (`src/limits.rs`), which any route may
+/// The answers of the abuse limits (`src/auth/limits.rs`), which any route may
 /// give besides its own, added to every operation so the document describes
 /// what a client can actually receive:
 ///
@@ -71,7 +71,7 @@ impl Modify for BearerAuth {
 ///
 /// Two more answers that depend on the route, not on the handler:
 ///
-/// - `404` on the admin paths ([`crate::limits::is_admin_path`]): with
+/// - `404` on the admin paths ([`crate::auth::limits::is_admin_path`]): with
 ///   `server.admin_bind` set they are served only on the admin listener, and
 ///   the main listener answers 404;
 /// - every `503` (database unavailable, breaker open, too many streams) carries
@@ -93,7 +93,7 @@ impl LimitResponses {
     fn problem(description: &str, retry_after: bool) -> utoipa::openapi::Response {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         let mut response = ResponseBuilder::new().description(description).content(
-            crate::error::PROBLEM_JSON,
+            crate::http::error::PROBLEM_JSON,
             ContentBuilder::new()
                 .schema(Some(Ref::from_schema_name("Problem")))
                 .build(),
@@ -152,9 +152,9 @@ impl Modify for LimitResponses {
             for op in operations.into_iter().flatten() {
                 for (status, name, description, _) in answers {
                     let applies = match status {
-                        "429" => !crate::limits::is_exempt(path),
+                        "429" => !crate::auth::limits::is_exempt(path),
                         "413" => op.request_body.is_some(),
-                        "404" => crate::limits::is_admin_path(path),
+                        "404" => crate::auth::limits::is_admin_path(path),
                         _ => true,
                     };
                     if !applies {

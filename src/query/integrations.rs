@@ -3,7 +3,7 @@
 //! `GET /v1/admin/integrations` (role `admin`) shows, for this process, each
 //! integration's circuit-breaker state, throttle state, recent failure rate and
 //! p50/p99 upstream latency. Policies are per process (see
-//! [`crate::resilience`]); with several worker processes, ask each, or use the
+//! [`crate::integration::resilience`]); with several worker processes, ask each, or use the
 //! Prometheus series, which aggregate across processes.
 
 use std::sync::Arc;
@@ -13,8 +13,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
-use crate::error::{ApiError, Problem};
-use crate::resilience::{Policies, PolicySnapshot};
+use crate::http::error::{ApiError, Problem};
+use crate::integration::resilience::{Policies, PolicySnapshot};
 
 /// One integration's diagnostics.
 #[derive(Debug, Serialize, ToSchema)]

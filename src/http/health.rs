@@ -7,7 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::WritePool;
-use crate::error::{ApiError, Problem};
+use crate::http::error::{ApiError, Problem};
 
 /// Probe answer.
 #[derive(Serialize, ToSchema)]

@@ -137,7 +137,7 @@ impl VendorLimit {
         let mut limit = VendorLimit::default();
         if matches!(status, 429 | 503) {
             limit.retry_after = get("retry-after")
-                .and_then(|v| crate::http_util::parse_retry_after(v, chrono::Utc::now()));
+                .and_then(|v| crate::http::body::parse_retry_after(v, chrono::Utc::now()));
         }
         limit.remaining = get("x-ratelimit-remaining").and_then(|v| v.trim().parse().ok());
         limit.reset = get("x-ratelimit-reset").and_then(|v| parse_reset(v.trim()));
@@ -391,8 +391,12 @@ impl Policy {
                     tracing::info!(target: "hookrelay::command", integration = %self.name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker state changed")
                 }
             }
-            crate::metrics::breaker_transition(&self.name, t.from.as_str(), t.to.as_str());
-            crate::metrics::breaker_state(&self.name, t.to.as_str());
+            crate::telemetry::metrics::breaker_transition(
+                &self.name,
+                t.from.as_str(),
+                t.to.as_str(),
+            );
+            crate::telemetry::metrics::breaker_state(&self.name, t.to.as_str());
         }
     }
 

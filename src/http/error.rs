@@ -170,7 +170,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if crate::batch::is_transient(&e) {
+        if crate::db::batch::is_transient(&e) {
             ApiError::Unavailable("the database is busy or unavailable; retry later".into())
         } else {
             ApiError::Internal(anyhow::Error::new(e).context("database error"))

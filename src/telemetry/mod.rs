@@ -5,6 +5,8 @@
 //! secret, database password and credential headers are `SecretString`s or
 //! sensitive header values, and no `Authorization` header is logged.
 
+pub mod metrics;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use tracing::Span;

@@ -34,7 +34,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::JwtKeys;
 use crate::config::{LimitSettings, ServerSettings};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl Guard {
         match limiter.check_key_n(&key, n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => {
-                crate::metrics::rate_limited("client");
+                crate::telemetry::metrics::rate_limited("client");
                 Err(ApiError::RateLimited {
                     scope: "client",
                     retry_after_s: retry_after_secs(
@@ -193,7 +193,7 @@ impl Guard {
                 })
             }
             Err(_) => {
-                crate::metrics::rate_limited("client");
+                crate::telemetry::metrics::rate_limited("client");
                 Err(ApiError::RateLimited {
                     scope: "client",
                     retry_after_s: 1,
@@ -229,7 +229,7 @@ where
 {
     limiter.check_key(key).map_err(|not_until| {
         let wait = not_until.wait_time_from(limiter.clock().now());
-        crate::metrics::rate_limited(scope);
+        crate::telemetry::metrics::rate_limited(scope);
         ApiError::RateLimited {
             scope,
             retry_after_s: retry_after_secs(wait),

@@ -8,11 +8,14 @@
 //! and algorithm confusion (an RSA public key used as an HMAC secret) are
 //! refused; see `docs/security.md` "Tokens".
 //!
-//! The authorization layer ([`crate::authz`]) authenticates every request to a
+//! The authorization layer ([`crate::auth::authz`]) authenticates every request to a
 //! protected route, checks its role against the route table and puts the
 //! [`Principal`] into the request's extensions; handlers take a `Principal`
 //! argument, which only reads it from there. A missing or invalid token never
 //! reaches handler code (401 problem document).
+
+pub mod authz;
+pub mod limits;
 
 use std::future::{ready, Ready};
 
@@ -22,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::config::{AuthSettings, ConfigError, TokenKeys};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 pub use crate::domain::Role;
 
@@ -339,7 +342,7 @@ impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Ready<Result<Self, Self::Error>>;
 
-    /// The principal the authorization layer ([`crate::authz`]) stored for
+    /// The principal the authorization layer ([`crate::auth::authz`]) stored for
     /// this request. A route without an authorization rule has none, and
     /// fails closed with 500 (a wiring bug, never an open door).
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
@@ -365,7 +368,7 @@ pub struct Authenticated(pub Principal);
 /// [`JwtKeys::verify`].
 pub fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
     // Already verified earlier in this request (the per-client rate limit
-    // in `crate::limits` needs the `sub` first): one signature check per request.
+    // in `crate::auth::limits` needs the `sub` first): one signature check per request.
     if let Some(Authenticated(principal)) = req.extensions().get::<Authenticated>() {
         tracing::Span::current().record("client_id", principal.client_id.as_str());
         return Ok(principal.clone());

@@ -15,6 +15,9 @@
 //! `{key_id}:{base64(nonce || ciphertext)}`; the key id says which configured
 //! key opens it, so the encryption key can be rotated by prepending a new one.
 
+pub mod redact;
+pub mod seal;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -90,7 +93,7 @@ pub enum OpenError {
 
 /// Seals and opens signing secrets at rest (XChaCha20-Poly1305; see the module
 /// docs for the format). Built once from `security.signing_key_encryption_keys`
-/// and shared by the API (app data) and the dispatcher ([`crate::dispatcher::DispatchContext`]).
+/// and shared by the API (app data) and the dispatcher ([`crate::jobs::DispatchContext`]).
 pub struct SecretSealer {
     /// `(key id, cipher)`, in configuration order; the first seals. The
     /// ciphers zeroize their keys on drop.
@@ -332,7 +335,7 @@ pub struct Rotation {
 /// before it, during its grace. Rotating twice in a row therefore revokes a
 /// leaked secret at once. Concurrent rotations of one client are serialised
 /// by a per-client advisory lock. (The rotation rate limit is applied by the
-/// HTTP handler, [`crate::limits::Guard::admit_rotation`].)
+/// HTTP handler, [`crate::auth::limits::Guard::admit_rotation`].)
 ///
 /// # Errors
 /// Database errors (nothing is changed then); sealing failed.
@@ -483,11 +486,11 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-impl From<SecretStoreError> for crate::error::ApiError {
+impl From<SecretStoreError> for crate::http::error::ApiError {
     fn from(e: crate::security::SecretStoreError) -> Self {
         match e {
             SecretStoreError::Database(e) => e.into(),
-            other => crate::error::ApiError::Internal(anyhow::Error::new(other)),
+            other => crate::http::error::ApiError::Internal(anyhow::Error::new(other)),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! the seam where the resilience policy (throttle, circuit breaker, retry
 //! budget) plugs in.
 
+pub mod resilience;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +31,8 @@ use uuid::Uuid;
 
 use crate::config::{IntegrationSettings, OperationSettings};
 use crate::domain::{JsonText, Segment};
-use crate::http_util::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
-use crate::resilience::VendorLimit;
+use crate::http::body::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
+use crate::integration::resilience::VendorLimit;
 
 pub use crate::domain::PathTemplate;
 
@@ -363,7 +365,7 @@ impl Integration {
             span.record("status", code);
         }
         tracing::debug!(target: "hookrelay::command", "upstream call finished");
-        crate::metrics::upstream_call(
+        crate::telemetry::metrics::upstream_call(
             &self.name,
             req.operation,
             outcome.metric_outcome(),
@@ -440,7 +442,7 @@ impl Integration {
             .await
             .map_err(|e| describe_transport_error(&e))?;
         tracing::Span::current().record("status", status);
-        crate::metrics::upstream_call(
+        crate::telemetry::metrics::upstream_call(
             &self.name,
             query_name,
             if (200..300).contains(&status) {

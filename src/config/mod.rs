@@ -21,7 +21,7 @@ use serde::Deserialize;
 use url::Url;
 
 /// The defaults file, embedded so the binary runs from any directory.
-pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
 /// The development JWT secret shipped in `config/default.toml`; using it logs a warning.
 pub const DEV_JWT_SECRET: &str = "hookrelay-dev-secret-change-me-0123456789";
@@ -245,13 +245,13 @@ pub struct SecuritySettings {
     /// development key [`DEV_SIGNING_KEY_ENCRYPTION_KEY`] (logged as a warning).
     pub signing_key_encryption_keys: Vec<SecretString>,
     /// Keys that seal outbox jobs (HMAC-SHA256 over what a job acts on, see
-    /// [`crate::seal`]), each `id:<base64 of 32 bytes>`. The first seals new
+    /// [`crate::security::seal`]), each `id:<base64 of 32 bytes>`. The first seals new
     /// jobs, every entry verifies. Required (at least one); the default is
     /// the development key [`DEV_JOB_MAC_KEY`] (logged as a warning).
     pub job_mac_keys: Vec<SecretString>,
     /// JSON field names (case-insensitive, any depth) masked as `[REDACTED]`
     /// in stored upstream results, receiver answers in the attempt log,
-    /// `last_error` strings and logs ([`crate::redact`]). Default:
+    /// `last_error` strings and logs ([`crate::security::redact`]). Default:
     /// [`DEFAULT_REDACT_FIELDS`].
     pub redact_fields: Vec<String>,
 }

@@ -1,5 +1,7 @@
 //! Postgres pools, database creation and migrations.
 
+pub mod batch;
+
 use std::str::FromStr;
 use std::time::Duration;
 
