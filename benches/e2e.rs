@@ -634,7 +634,7 @@ async fn claim_latency(args: Args) -> anyhow::Result<()> {
                 .execute(&pool)
                 .await?;
             let t = Instant::now();
-            let claimed = hookrelay::outbox::claim(&pool, 64, Duration::from_secs(30)).await?;
+            let claimed = hookrelay::jobs::claim(&pool, 64, Duration::from_secs(30)).await?;
             times.push(t.elapsed());
             anyhow::ensure!(claimed.len() == 64, "claimed {}", claimed.len());
             sqlx::query("DELETE FROM jobs").execute(&pool).await?;

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::delivery::dead_letters::{dead_letters_remain, replay_dead_letters, ReplayFilter};
 use crate::http::error::{ApiError, Problem};
-use crate::outbox::{dead_letters_remain, replay_dead_letters, ReplayFilter};
 
 use crate::db::WritePool;
 

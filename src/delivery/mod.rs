@@ -8,6 +8,9 @@
 //! `webhook-signature: v1,<base64>`; several signatures (during a secret
 //! rotation) are space-separated.
 
+pub mod dead_letters;
+pub mod host_limits;
+
 use std::time::{Duration, Instant};
 
 use base64::Engine;

@@ -10,10 +10,11 @@
 //! private or link-local address fails the call instead of reaching it.
 //!
 //! [`Integration::call`] classifies the answer into a [`CallOutcome`]; the
-//! dispatcher owns what happens next (retry with backoff, or finish). This is
-//! the seam where the resilience policy (throttle, circuit breaker, retry
-//! budget) plugs in.
+//! execute job owns what happens next (retry with backoff, or finish). Every
+//! call passes the resilience policy (throttle, circuit breaker, retry
+//! budget, [`resilience`]) through the one guarded call in [`guarded`].
 
+pub mod guarded;
 pub mod resilience;
 
 use std::collections::{BTreeMap, HashMap};

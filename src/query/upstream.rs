@@ -30,7 +30,8 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use crate::auth::Principal;
 use crate::config::QuerySettings;
 use crate::http::error::{ApiError, Problem};
-use crate::integration::resilience::{Admission, Policies};
+use crate::integration::guarded::{Counting, Guarded, GuardedCall};
+use crate::integration::resilience::Policies;
 use crate::integration::{Integration, Integrations};
 
 use super::cache::RedisCache;
@@ -857,30 +858,18 @@ async fn fetch(
     cap: Duration,
     stale: Duration,
 ) -> Result<Arc<Entry>, FetchError> {
-    let ticket = match policy.admit().await {
-        Admission::Go(t) => t,
-        Admission::Wait { delay, reason } => {
-            crate::telemetry::metrics::throttled(&integration.name, reason);
-            return Err(FetchError::Throttled(delay));
-        }
-        Admission::Open { remaining } => {
-            crate::telemetry::metrics::upstream_call(&integration.name, query, "open", 0.0);
-            return Err(FetchError::Open(remaining));
-        }
+    let guard = GuardedCall {
+        policy,
+        integration: &integration.name,
+        operation: query,
+        counting: Counting::Query,
+        budget: None,
     };
-    let started = Instant::now();
-    match integration.query(query, path, qs).await {
-        Err(why) => {
-            policy.record_call(ticket, Some(true), None, Some(started.elapsed()));
-            Err(FetchError::Upstream(why))
-        }
-        Ok(resp) => {
-            let failed = match resp.status {
-                429 => None,
-                s if s >= 500 || s == 408 => Some(true),
-                _ => Some(false),
-            };
-            policy.record_call(ticket, failed, resp.vendor, Some(started.elapsed()));
+    match integration.guarded_query(guard, path, qs).await {
+        Guarded::Wait { delay } => Err(FetchError::Throttled(delay)),
+        Guarded::Open { remaining } => Err(FetchError::Open(remaining)),
+        Guarded::Called(Err(why)) => Err(FetchError::Upstream(why)),
+        Guarded::Called(Ok(resp)) => {
             // Passed on, a vendor's 401/403/407 would read as the caller's
             // own token being refused (the API's 401/403), and a 3xx is never
             // followed (its Location is not passed on): both are the

@@ -22,11 +22,12 @@ use crate::auth::limits::{Guard, Listener};
 use crate::auth::JwtKeys;
 use crate::command::Intake;
 use crate::config::{Settings, DEV_JWT_SECRET};
+use crate::delivery::host_limits::HostLimits;
 use crate::delivery::Sender;
 use crate::http::error::{not_found, path_error_handler, query_error_handler};
 use crate::integration::resilience::{Policies, RetryBudget};
 use crate::integration::Integrations;
-use crate::jobs::{DispatchContext, Dispatcher, HostLimits};
+use crate::jobs::{DispatchContext, Dispatcher};
 use crate::maintenance::Scheduler;
 use crate::outbox::Outcomes;
 use crate::query::cache::RedisCache;
@@ -140,7 +141,6 @@ impl Application {
                     crate::security::CallbackPolicy::from_settings(&settings.security),
                 )?,
                 outcomes,
-                recording: std::sync::Mutex::new(Default::default()),
                 hosts: HostLimits::new(settings.delivery.max_in_flight_per_host),
                 policies: policies.clone(),
                 retry_budget: RetryBudget::new(

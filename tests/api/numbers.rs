@@ -341,20 +341,23 @@ async fn arbitrary_json_goes_intake_store_claim_verify_without_quarantine() {
     let sealer = JobSealer::from_keys(&app.settings.security.job_mac_keys).expect("keys");
     let mut claimed = 0;
     loop {
-        let jobs = hookrelay::outbox::claim(&app.pool, 64, Duration::from_secs(60))
+        let jobs = hookrelay::jobs::claim(&app.pool, 64, Duration::from_secs(60))
             .await
             .expect("claim");
         if jobs.is_empty() {
             break;
         }
-        for job in jobs {
-            assert!(job.undecodable.is_none(), "{:?}", job.undecodable);
-            let body = &sent[&job.command_id];
+        for row in jobs {
+            assert!(row.undecodable.is_none(), "{:?}", row.undecodable);
+            let hookrelay::jobs::Job::Execute(job) = row.job else {
+                panic!("only execute jobs were created")
+            };
+            let body = &sent[&job.command.id];
             // `"body": null` is no body.
             let want = (body != "null").then_some(body.as_str());
             assert_eq!(job.body.as_deref(), want, "stored unchanged");
             assert_eq!(
-                sealer.verify_execute(job.command_seal.as_deref(), &job.execute_seal()),
+                sealer.verify_execute(job.seal.as_deref(), &job.execute_seal()),
                 Ok(()),
                 "seal of {body}"
             );
