@@ -89,6 +89,11 @@ pub fn sign(secrets: &[String], webhook_id: &str, timestamp: i64, body: &str) ->
 ///
 /// `schedule[attempt-1]` seconds with ±`jitter` applied; a receiver's
 /// `Retry-After` (capped at `max_retry_after`) raises the delay, never lowers it.
+///
+/// Not `backon`: the documented schedule is an explicit list
+/// (`delivery.retry_schedule_s`), not a formula, and its jitter is symmetric
+/// (±`jitter`), while `backon` only has formula schedules (constant,
+/// exponential, Fibonacci) whose jitter only adds (`[d, 2d)`).
 pub fn next_delay(
     schedule: &[f64],
     jitter: f64,

@@ -525,13 +525,36 @@ pub fn body_value(bytes: &[u8], truncated: bool) -> JsonText {
     JsonText::string(&lossy_text(bytes))
 }
 
+/// Longest backoff ceiling of [`backoff`].
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
 /// Exponential backoff with full jitter (AWS Architecture Blog, "Exponential
 /// Backoff And Jitter"): a uniform delay in `[0, base · 2^(attempt-1)]`,
 /// capped at 5 minutes. `attempt` is the 1-based try that just failed.
+///
+/// The ceiling is `backon`'s exponential schedule (factor 2 from `base_ms`,
+/// at most 5 minutes), rounded to whole milliseconds (`backon` computes in
+/// `f32` seconds; the rounding makes the ceiling exact). The jitter is ours:
+/// `backon`'s adds up to one more delay (`[d, 2d)`), which is not full jitter.
 pub fn backoff(attempt: u32, base_ms: u64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20);
-    let ceiling = base_ms.saturating_mul(1u64 << exp).min(300_000);
-    Duration::from_millis(rand::rng().random_range(0..=ceiling))
+    Duration::from_millis(rand::rng().random_range(0..=backoff_ceiling_ms(attempt, base_ms)))
+}
+
+/// The ceiling of [`backoff`], in milliseconds.
+fn backoff_ceiling_ms(attempt: u32, base_ms: u64) -> u64 {
+    use backon::BackoffBuilder;
+    let steps = usize::try_from(attempt.saturating_sub(1).min(20)).unwrap_or(20);
+    let ceiling = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(base_ms))
+        .with_factor(2.0)
+        .with_max_delay(MAX_BACKOFF)
+        .without_max_times()
+        .build()
+        .nth(steps)
+        .unwrap_or(MAX_BACKOFF)
+        // backon does not cap its first delay.
+        .min(MAX_BACKOFF);
+    (ceiling.as_secs_f64() * 1000.0).round() as u64
 }
 
 /// All configured integrations, by name.
@@ -647,6 +670,21 @@ mod tests {
                 classify(s, r.clone(), None),
                 CallOutcome::Retryable { .. }
             ));
+        }
+    }
+
+    #[test]
+    fn backoff_ceiling_doubles_from_the_base_up_to_five_minutes() {
+        for base in [0u64, 1, 7, 20, 100, 333, 1_000, 250_000, 400_000] {
+            for attempt in 0..40u32 {
+                let exp = attempt.saturating_sub(1).min(20);
+                let want = base.saturating_mul(1u64 << exp).min(300_000);
+                assert_eq!(
+                    backoff_ceiling_ms(attempt, base),
+                    want,
+                    "{base} ms, try {attempt}"
+                );
+            }
         }
     }
 

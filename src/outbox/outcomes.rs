@@ -229,7 +229,7 @@ pub enum Outcome {
 }
 
 /// First wait before writing a failed outcome again; doubled per failure up
-/// to [`RECORD_RETRY_MAX`].
+/// to [`RECORD_RETRY_MAX`] (a `backon` exponential schedule, no jitter).
 const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// Longest wait between two tries of an outcome write.
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -306,7 +306,15 @@ impl Outcomes {
         if let Ok(mut r) = self.recording.lock() {
             r.insert(job_id);
         }
-        let mut delay = RECORD_RETRY_FIRST;
+        let mut delays = {
+            use backon::BackoffBuilder;
+            backon::ExponentialBuilder::new()
+                .with_min_delay(RECORD_RETRY_FIRST)
+                .with_factor(2.0)
+                .with_max_delay(RECORD_RETRY_MAX)
+                .without_max_times()
+                .build()
+        };
         let mut non_transient = 0;
         let done = loop {
             match self.submit(outcome.clone()).await {
@@ -318,10 +326,10 @@ impl Outcomes {
                             break Err(e);
                         }
                     }
+                    let delay = delays.next().unwrap_or(RECORD_RETRY_MAX);
                     tracing::warn!(target: "hookrelay::jobs", job_id, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "recording the job outcome failed; retrying while the lease is held");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RECORD_RETRY_MAX);
                 }
             }
         };

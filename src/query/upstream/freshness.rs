@@ -1,67 +1,100 @@
-//! How long an upstream response may be served (RFC 9111 freshness).
+//! How long an upstream response may be served.
+//!
+//! The RFC 9111 rules — which of `s-maxage`, `max-age` and `Expires` decides,
+//! `no-store` and `no-cache`, a shared cache's view (`s-maxage` counts) or a
+//! single client's (`private`: `s-maxage` does not) — are
+//! `http-cache-semantics`'s. On top of them, our own rules:
+//! - a response that states no freshness at all is fresh for the query's
+//!   `cache_ttl_s` (the crate would give it none, or a `Last-Modified`
+//!   heuristic, which is switched off);
+//! - nothing is fresh for longer than `cache_ttl_s`;
+//! - `private` decides the key (stored per client, never shared), whatever
+//!   else the response says;
+//! - `stale-if-error` (RFC 5861) is read here for the stale window; a
+//!   delta-seconds value too large to represent is taken as 2^31 s
+//!   (RFC 9111 §1.2.2), so sums of durations cannot overflow.
+//!
+//! Only `Cache-Control` and `Expires` are given to the crate (the fetch keeps
+//! no other header), so `Expires` counts from the time of the answer.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-/// Freshness allowed by the response headers, capped by `cap`; `None` = do not store.
+use http_cache_semantics::{CacheOptions, CachePolicy};
+
+/// What a response's `Cache-Control` says beyond the crate's answer.
+#[derive(Default)]
+struct Directives {
+    private: bool,
+    no_cache: bool,
+    /// `max-age` or `s-maxage` present.
+    explicit: bool,
+    stale_if_error: Option<Duration>,
+}
+
+impl Directives {
+    fn parse(cache_control: Option<&str>) -> Self {
+        let mut d = Directives::default();
+        for directive in cache_control.unwrap_or("").split(',') {
+            let (name, value) = match directive.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (directive.trim(), None),
+            };
+            match name.to_ascii_lowercase().as_str() {
+                "private" => d.private = true,
+                "no-cache" => d.no_cache = true,
+                "max-age" | "s-maxage" => d.explicit = true,
+                "stale-if-error" => {
+                    d.stale_if_error = value
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .map(|v| Duration::from_secs(v.min(1 << 31)));
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+}
+
+/// Freshness allowed by the response headers, capped by `cap`: `(fresh for —
+/// `None` = do not store —, private, stale-if-error)`.
 pub(super) fn freshness(
     cache_control: Option<&str>,
     expires: Option<&str>,
     cap: Duration,
 ) -> (Option<Duration>, bool, Option<Duration>) {
-    let mut max_age = None;
-    let mut s_maxage = None;
-    let mut private = false;
-    let mut stale_if_error = None;
-    let mut no_store = false;
-    for directive in cache_control.unwrap_or("").split(',') {
-        let directive = directive.trim().to_ascii_lowercase();
-        let (name, value) = match directive.split_once('=') {
-            Some((n, v)) => (
-                n.trim().to_owned(),
-                Some(v.trim().trim_matches('"').to_owned()),
-            ),
-            None => (directive.clone(), None),
-        };
-        // RFC 9111 §1.2.2: a delta-seconds value too large to represent is
-        // taken as 2^31, so later sums of durations cannot overflow.
-        let secs = || {
-            value
-                .as_deref()
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(|v| Duration::from_secs(v.min(1 << 31)))
-        };
-        match name.as_str() {
-            // Not `return`: a later `private` must still be seen, so the
-            // response is never handed to another client's coalesced request.
-            "no-store" | "no-cache" => no_store = true,
-            "private" => private = true,
-            "max-age" => max_age = secs(),
-            "s-maxage" => s_maxage = secs(),
-            "stale-if-error" => stale_if_error = secs(),
-            _ => {}
+    let directives = Directives::parse(cache_control);
+    let mut response = http::Response::builder().status(200);
+    for (name, value) in [("cache-control", cache_control), ("expires", expires)] {
+        if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+            response = response.header(name, v);
         }
     }
-    if no_store {
-        return (None, private, stale_if_error);
-    }
-    let allowed = if private {
-        max_age
+    let (Ok(response), Ok(request)) = (response.body(()), http::Request::get("/").body(())) else {
+        return (None, directives.private, directives.stale_if_error);
+    };
+    let now = SystemTime::now();
+    let policy = CachePolicy::new_options(
+        &request,
+        &response,
+        now,
+        CacheOptions {
+            // A private response is stored for one client only: judged as a
+            // single-user cache would (`private` allowed, `s-maxage` ignored).
+            shared: !directives.private,
+            cache_heuristic: 0.0,
+            ..CacheOptions::default()
+        },
+    );
+    let ttl = if !policy.is_storable() {
+        Duration::ZERO
+    } else if directives.explicit || directives.no_cache || expires.is_some() {
+        policy.time_to_live(now)
     } else {
-        s_maxage.or(max_age)
-    }
-    .or_else(|| {
-        let date = chrono::DateTime::parse_from_rfc2822(expires?.trim()).ok()?;
-        Some(
-            (date.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO),
-        )
-    });
-    let ttl = allowed.unwrap_or(cap).min(cap);
-    if ttl.is_zero() {
-        return (None, private, stale_if_error);
-    }
-    (Some(ttl), private, stale_if_error)
+        cap
+    };
+    let ttl = ttl.min(cap);
+    let ttl = (!ttl.is_zero()).then_some(ttl);
+    (ttl, directives.private, directives.stale_if_error)
 }
 
 #[cfg(test)]
