@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{DeliverJob, ExecuteJob, Job, JobCommand};
 use crate::domain::{CommandStatus, DeliveryStatus, JobKind};
-use crate::outbox::Claimed;
+use crate::outbox::{Claimed, Trigger};
 
 /// The claim statement after its `claimed` CTE (see
 /// [`crate::outbox::store::claim`]).
@@ -101,7 +101,8 @@ impl Row {
                 status: self.delivery_status,
                 secrets: self.secrets,
                 seal: self.delivery_seal,
-                trigger: self.trigger,
+                // `jobs.trigger` is CHECKed to one of the two values.
+                trigger: Trigger::parse(&self.trigger).unwrap_or(Trigger::Scheduled),
             }),
         };
         Claimed {

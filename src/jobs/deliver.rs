@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{DispatchContext, JobCommand, Lease};
 use crate::delivery::{next_delay, AttemptOutcome};
-use crate::outbox::{AfterAttempt, AttemptRecord, Outcome};
+use crate::outbox::{AfterAttempt, AttemptRecord, Outcome, Trigger};
 use crate::security::seal::DeliverSeal;
 use crate::security::{ensure_signing_secrets, SecretStoreError};
 
@@ -32,8 +32,8 @@ pub struct DeliverJob {
     pub secrets: Option<Vec<String>>,
     /// The delivery's seal (`deliveries.seal`).
     pub seal: Option<String>,
-    /// Why the job runs: `scheduled` or `replay`.
-    pub trigger: String,
+    /// Why the job runs.
+    pub trigger: Trigger,
 }
 
 impl DeliverJob {
@@ -137,14 +137,14 @@ pub(super) async fn run(
                 lease_token: lease.lease_token,
                 outcome,
                 next,
-                trigger: job.trigger.clone(),
+                trigger: job.trigger,
             }),
         )
         .await?;
     if matches!(next, AfterAttempt::RetryIn(_)) {
         ctx.wake.notify_one();
     }
-    if done && next == AfterAttempt::Delivered && job.trigger == "scheduled" {
+    if done && next == AfterAttempt::Delivered && job.trigger == Trigger::Scheduled {
         // Accepted → delivered, as the database clock saw the acceptance. A
         // replayed delivery's latency would include its time as a dead letter.
         let latency = (chrono::Utc::now() - cmd.created_at)
@@ -175,7 +175,7 @@ pub(super) async fn dead_letter_unsent(
                 lease_token: lease.lease_token,
                 outcome: AttemptOutcome::not_sent(why),
                 next: AfterAttempt::DeadLettered(reason),
-                trigger: job.trigger.clone(),
+                trigger: job.trigger,
             }),
         )
         .await

@@ -26,7 +26,7 @@ pub mod runner;
 pub mod store;
 
 pub use outcomes::{
-    attempt_batch, finish_batch, AfterAttempt, AttemptRecord, Finish, Outcome, Outcomes,
+    attempt_batch, finish_batch, AfterAttempt, AttemptRecord, Finish, Outcome, Outcomes, Trigger,
 };
 pub use runner::{BackgroundJob, Claimed, Runner, RunnerSettings};
 pub use store::{oldest_ready_age, time_to_next_job, CHANNEL};

@@ -119,6 +119,34 @@ impl AfterAttempt {
     }
 }
 
+/// Why a deliver job runs (`jobs.trigger`, copied to `delivery_attempts.trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The delivery's own schedule (`scheduled`).
+    Scheduled,
+    /// An admin replayed the dead letter (`replay`).
+    Replay,
+}
+
+impl Trigger {
+    /// The stored value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Scheduled => "scheduled",
+            Trigger::Replay => "replay",
+        }
+    }
+
+    /// Parses a stored value (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "scheduled" => Some(Trigger::Scheduled),
+            "replay" => Some(Trigger::Replay),
+            _ => None,
+        }
+    }
+}
+
 /// A delivery attempt, to be recorded by [`attempt_batch`].
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
@@ -130,8 +158,8 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     /// What follows.
     pub next: AfterAttempt,
-    /// `scheduled` or `replay` (from the job).
-    pub trigger: String,
+    /// Why the attempt ran (from the job).
+    pub trigger: Trigger,
 }
 
 /// Records delivery attempts in the audit log and moves each delivery and its
