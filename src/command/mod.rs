@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::WritePool;
+use crate::delivery::secrets::SecretStoreError;
 use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, IdempotencyKey, JsonText};
 use crate::http::body::{check_json_content_type, parse_json, read_limited};
 use crate::http::error::{ApiError, Problem};
@@ -203,7 +204,8 @@ pub async fn get_signing_secret(
     sealer: web::Data<SecretSealer>,
 ) -> Result<HttpResponse, ApiError> {
     let secrets =
-        crate::security::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id).await?;
+        crate::delivery::secrets::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id)
+            .await?;
     let secret = secrets
         .into_iter()
         .next()
@@ -252,9 +254,13 @@ pub async fn rotate_signing_secret(
         guard.admit_rotation(&principal.client_id)?;
     }
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
-    let rotation =
-        crate::security::rotate_signing_secret(&pool.0, &sealer, &principal.client_id, grace)
-            .await?;
+    let rotation = crate::delivery::secrets::rotate_signing_secret(
+        &pool.0,
+        &sealer,
+        &principal.client_id,
+        grace,
+    )
+    .await?;
     tracing::info!(
         target: "hookrelay::command",
         previous_expires_at = ?rotation.previous_expires_at,
@@ -443,6 +449,18 @@ fn canonical_json(value: &Value) -> String {
     // Serialising a map whose insertion order is sorted yields sorted output
     // with or without serde_json's `preserve_order`.
     sorted(value).to_string()
+}
+
+/// The signing-secret store's errors at the HTTP edge: a database error
+/// follows the database rule (503 when transient, else 500); a sealing
+/// failure is a 500.
+impl From<SecretStoreError> for ApiError {
+    fn from(e: SecretStoreError) -> Self {
+        match e {
+            SecretStoreError::Database(e) => e.into(),
+            other => ApiError::Internal(anyhow::Error::new(other)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::config::FallbackSettings;
 use crate::config::Settings;
+use crate::delivery::secrets::{ensure_signing_secrets, SecretStoreError};
 use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, DeliveryStatus, JobKind, JsonText};
 use crate::integration::resilience::{Admission, Policies, RetryBudget};
@@ -34,7 +35,7 @@ use crate::integration::{
 use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
 use crate::security::redact::Redactor;
 use crate::security::seal::{DeliverSeal, JobSealer, SealError};
-use crate::security::{ensure_signing_secrets, SecretSealer, SecretStoreError};
+use crate::security::SecretSealer;
 
 /// Everything a job needs, shared by all job tasks.
 pub struct DispatchContext {
@@ -802,7 +803,9 @@ async fn deliver(ctx: &DispatchContext, job: &ClaimedJob) -> sqlx::Result<bool> 
         // replaced never sign (rows left from before rotation retired them).
         Some(sealed) if !sealed.is_empty() => ctx.sealer.open_all(
             &job.client_id,
-            &sealed[..sealed.len().min(crate::security::MAX_SIGNING_SECRETS)],
+            &sealed[..sealed
+                .len()
+                .min(crate::delivery::secrets::MAX_SIGNING_SECRETS)],
         ),
         _ => match ensure_signing_secrets(&ctx.pool, &ctx.sealer, &job.client_id).await {
             Ok(secrets) => secrets,

@@ -400,7 +400,7 @@ async fn reseal_moves_every_secret_to_the_first_key() {
         SecretString::from(k1.clone()),
     ])
     .expect("keys");
-    let report = hookrelay::security::reseal_signing_secrets(&app.pool, &both)
+    let report = hookrelay::delivery::secrets::reseal_signing_secrets(&app.pool, &both)
         .await
         .expect("reseal");
     assert_eq!(report.resealed, 0);
@@ -417,7 +417,7 @@ async fn reseal_moves_every_secret_to_the_first_key() {
         SecretString::from(k2),
     ])
     .expect("keys");
-    let report = hookrelay::security::reseal_signing_secrets(&app.pool, &k3_first)
+    let report = hookrelay::delivery::secrets::reseal_signing_secrets(&app.pool, &k3_first)
         .await
         .expect("reseal");
     assert_eq!(report.resealed, 2);
