@@ -19,13 +19,16 @@ pub mod limits;
 
 use std::future::{ready, Ready};
 
-use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage, HttpRequest};
+use std::sync::Arc;
+
+use actix_web::{dev::Payload, http::header, FromRequest, HttpMessage, HttpRequest};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::config::{AuthSettings, ConfigError, TokenKeys};
 use crate::http::error::ApiError;
+use crate::http::state::component;
 
 pub use crate::domain::Role;
 
@@ -110,7 +113,8 @@ impl Principal {
 /// Longest accepted `jti`, characters.
 const MAX_JTI_LEN: usize = 255;
 
-/// Keys and validation rules for tokens, shared with the HTTP app as `web::Data`.
+/// Keys and validation rules for tokens, built once and shared through the
+/// application state (a [`crate::http::state::Component`]).
 pub struct JwtKeys {
     algorithm: Algorithm,
     /// Present for HS256, and for the others when `auth.private_key_file` is set.
@@ -373,9 +377,7 @@ pub fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         tracing::Span::current().record("client_id", principal.client_id.as_str());
         return Ok(principal.clone());
     }
-    let keys = req
-        .app_data::<web::Data<JwtKeys>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys missing from app data")))?;
+    let keys = component::<Arc<JwtKeys>>(req)?;
     let value = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -27,6 +27,7 @@ use crate::delivery::secrets::SecretStoreError;
 use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, IdempotencyKey, JsonText};
 use crate::http::body::{check_json_content_type, parse_json, read_limited};
 use crate::http::error::{ApiError, Problem};
+use crate::http::state::Shared;
 use crate::integration::PathTemplate;
 use crate::query::{self, CallbackState, StatusDocument};
 use crate::security::SecretSealer;
@@ -126,10 +127,10 @@ pub async fn post_command(
     principal: Principal,
     req: HttpRequest,
     payload: web::Payload,
-    settings: web::Data<Arc<Settings>>,
-    intake: web::Data<Intake>,
-    pool: web::Data<WritePool>,
-    query_state: web::Data<query::QueryState>,
+    settings: Shared<Arc<Settings>>,
+    intake: Shared<Intake>,
+    pool: Shared<WritePool>,
+    query_state: Shared<Arc<query::QueryState>>,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = match req.headers().get("idempotency-key") {
         None if settings.commands.require_idempotency_key => {
@@ -200,8 +201,8 @@ pub async fn post_command(
 )]
 pub async fn get_signing_secret(
     principal: Principal,
-    pool: web::Data<WritePool>,
-    sealer: web::Data<SecretSealer>,
+    pool: Shared<WritePool>,
+    sealer: Shared<Arc<SecretSealer>>,
 ) -> Result<HttpResponse, ApiError> {
     let secrets =
         crate::delivery::secrets::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id)
@@ -246,11 +247,13 @@ pub async fn get_signing_secret(
 pub async fn rotate_signing_secret(
     principal: Principal,
     req: HttpRequest,
-    pool: web::Data<WritePool>,
-    settings: web::Data<Arc<Settings>>,
-    sealer: web::Data<SecretSealer>,
+    pool: Shared<WritePool>,
+    settings: Shared<Arc<Settings>>,
+    sealer: Shared<Arc<SecretSealer>>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(guard) = req.app_data::<web::Data<crate::auth::limits::Guard>>() {
+    if let Some(guard) =
+        <Arc<crate::auth::limits::Guard> as crate::http::state::Component>::from_app(&req)
+    {
         guard.admit_rotation(&principal.client_id)?;
     }
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);

@@ -39,6 +39,7 @@ use crate::auth::Principal;
 use crate::db::{ReadPool, WritePool};
 use crate::domain::{CommandStatus, DeliveryStatus};
 use crate::http::error::{ApiError, Problem};
+use crate::http::state::Shared;
 use crate::integration::resilience::Policies;
 use crate::integration::UpstreamResult;
 
@@ -424,10 +425,10 @@ pub async fn get_command(
     path: web::Path<String>,
     params: web::Query<StatusParams>,
     req: actix_web::HttpRequest,
-    read: web::Data<ReadPool>,
-    write: web::Data<WritePool>,
-    state: web::Data<QueryState>,
-    settings: web::Data<Arc<crate::config::Settings>>,
+    read: Shared<ReadPool>,
+    write: Shared<WritePool>,
+    state: Shared<Arc<QueryState>>,
+    settings: Shared<Arc<crate::config::Settings>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let mut outcome = "bypass";
@@ -601,9 +602,9 @@ fn page_limit(limit: Option<&str>) -> Result<i64, ApiError> {
 pub async fn list_commands(
     principal: Principal,
     params: web::Query<ListParams>,
-    read: web::Data<ReadPool>,
-    write: web::Data<WritePool>,
-    state: web::Data<QueryState>,
+    read: Shared<ReadPool>,
+    write: Shared<WritePool>,
+    state: Shared<Arc<QueryState>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = async {
@@ -717,9 +718,9 @@ pub async fn list_attempts(
     principal: Principal,
     path: web::Path<String>,
     params: web::Query<AttemptParams>,
-    read: web::Data<ReadPool>,
-    write: web::Data<WritePool>,
-    state: web::Data<QueryState>,
+    read: Shared<ReadPool>,
+    write: Shared<WritePool>,
+    state: Shared<Arc<QueryState>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = async {
@@ -864,7 +865,7 @@ pub async fn list_dead_letters(
     // Role checked by the authz layer; taking it keeps the route fail-closed.
     _principal: Principal,
     params: web::Query<DeadLetterParams>,
-    read: web::Data<ReadPool>,
+    read: Shared<ReadPool>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = async {
