@@ -313,6 +313,19 @@ async fn authorize(req: &ServiceRequest, rule: &Rule) -> Result<Option<Principal
     Ok(Some(principal))
 }
 
+/// Authentication and authorization errors at the HTTP edge: 401 (with
+/// `WWW-Authenticate: Bearer`), 403, and the database rule for the `jti` store.
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Unauthenticated(why) => ApiError::Unauthorized(why),
+            AuthError::MissingRole(_) => ApiError::Forbidden(e.to_string()),
+            AuthError::Database(e) => e.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ use crate::integration::PathTemplate;
 use crate::query::{self, CallbackState, StatusDocument};
 use crate::security::SecretSealer;
 
-pub use intake::{Intake, IntakeOutcome, NewCommand};
+pub use intake::{Intake, IntakeError, IntakeOutcome, NewCommand};
 
 /// Body of `POST /v1/commands` (`docs/reference.md`, "POST /v1/commands").
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -291,7 +291,7 @@ impl StatusDocument {
             updated_at: created_at,
             result: None,
             callback: CallbackState {
-                url: c.callback_url.clone(),
+                url: c.callback_url.as_str().to_owned(),
                 status: DeliveryStatus::Pending,
                 attempts: 0,
                 webhook_id: None,
@@ -376,7 +376,7 @@ fn validate(
         path,
         params: params_text,
         body: request.body,
-        callback_url: callback.as_str().to_owned(),
+        callback_url: callback,
         idempotency_key: idempotency_key.map(|k| k.as_str().to_owned()),
         request_hash: Sha256::digest(canonical.as_bytes()).to_vec(),
     })
@@ -452,6 +452,17 @@ fn canonical_json(value: &Value) -> String {
     // Serialising a map whose insertion order is sorted yields sorted output
     // with or without serde_json's `preserve_order`.
     sorted(value).to_string()
+}
+
+/// Intake errors at the HTTP edge: shutting down is a 503; a database error
+/// follows the database rule (503 when transient, else 500).
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            IntakeError::Database(e) => e.into(),
+        }
+    }
 }
 
 /// The signing-secret store's errors at the HTTP edge: a database error
