@@ -134,6 +134,26 @@ pub async fn load_statuses(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<Stat
     Ok(rows.into_iter().map(|r| r.into_doc().1).collect())
 }
 
+/// Status-cache errors at the HTTP edge: an unknown command is a 404; this
+/// caller's failed read follows the database rule; a read shared with other
+/// callers that failed is a 503 for them.
+impl From<super::cache::StatusCacheError> for ApiError {
+    fn from(e: super::cache::StatusCacheError) -> Self {
+        use super::cache::StatusCacheError;
+        match e {
+            StatusCacheError::NotFound => ApiError::NotFound("no such command".into()),
+            StatusCacheError::Database(e) => e.into(),
+            StatusCacheError::Shared(shared) => ApiError::Unavailable(format!(
+                "reading the status failed: {}",
+                match &*shared {
+                    StatusCacheError::Database(e) => crate::http::error::database_detail(e),
+                    _ => "database error",
+                }
+            )),
+        }
+    }
+}
+
 /// Query parameters of `GET /v1/commands/{id}`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
