@@ -506,7 +506,7 @@ async fn drain(args: Args) -> anyhow::Result<()> {
     let sealer = hookrelay::security::SecretSealer::from_keys(
         &settings.security.signing_key_encryption_keys,
     )?;
-    hookrelay::security::ensure_signing_secrets(&pool, &sealer, "bench").await?;
+    hookrelay::delivery::secrets::ensure_signing_secrets(&pool, &sealer, "bench").await?;
     let seeded = Instant::now();
     sqlx::query(
         r#"

@@ -36,6 +36,7 @@
 //! | [`error`] | `application/problem+json` error policy |
 //! | [`db`] | pools ([`db::WritePool`], [`db::ReadPool`]), create-if-missing, migrations |
 //! | [`health`], [`openapi`], [`telemetry`], [`http_util`] | probes, API document, logging, HTTP and request-body helpers |
+//! | [`testing`] | test support: what integration tests and benches use besides HTTP, the CLI and [`startup::Application`] |
 //!
 //! # Dependencies
 //!
@@ -60,3 +61,4 @@ pub mod query;
 pub mod security;
 pub mod startup;
 pub mod telemetry;
+pub mod testing;

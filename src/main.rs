@@ -119,7 +119,8 @@ fn main() -> ExitCode {
                     &settings.security.signing_key_encryption_keys,
                 )?;
                 let key = sealer.key_ids().next().unwrap_or_default().to_owned();
-                let report = hookrelay::security::reseal_signing_secrets(&pool, &sealer).await?;
+                let report =
+                    hookrelay::delivery::secrets::reseal_signing_secrets(&pool, &sealer).await?;
                 println!(
                     "re-sealed {} signing secrets with key `{key}`",
                     report.resealed

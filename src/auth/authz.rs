@@ -27,7 +27,8 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, HttpMessage};
+use actix_web::HttpMessage;
+use std::sync::Arc;
 
 use crate::auth::{Principal, Role};
 use crate::config::{
@@ -35,6 +36,7 @@ use crate::config::{
 };
 use crate::db::WritePool;
 use crate::http::error::ApiError;
+use crate::http::state::component;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,26 +297,33 @@ async fn authorize(req: &ServiceRequest, rule: &Rule) -> Result<Option<Principal
         Access::Operation | Access::Query => &[],
     };
     let principal = crate::auth::authenticate(req.request())?;
-    let authz = req
-        .app_data::<web::Data<Authz>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("Authz missing from app data")))?;
+    let authz = component::<Arc<Authz>>(req.request())?;
     match rule.access {
         Access::Operation => principal.require(&authz.any_operation)?,
         Access::Query => principal.require(&authz.any_query)?,
         _ => principal.require(roles)?,
     }
-    let keys = req
-        .app_data::<web::Data<crate::auth::JwtKeys>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys missing from app data")))?;
+    let keys = component::<Arc<crate::auth::JwtKeys>>(req.request())?;
     // Only state-changing requests consume a jti: GETs are safe and
     // idempotent, and a client polling with one token must keep working.
     if keys.require_jti() && rule.consumes_jti() {
-        let pool = req.app_data::<web::Data<WritePool>>().ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("WritePool missing from app data"))
-        })?;
+        let pool = component::<WritePool>(req.request())?;
         crate::auth::consume_jti(&pool.0, &principal, keys.leeway_s()).await?;
     }
     Ok(Some(principal))
+}
+
+/// Authentication and authorization errors at the HTTP edge: 401 (with
+/// `WWW-Authenticate: Bearer`), 403, and the database rule for the `jti` store.
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            AuthError::Unauthenticated(why) => ApiError::Unauthorized(why),
+            AuthError::MissingRole(_) => ApiError::Forbidden(e.to_string()),
+            AuthError::Database(e) => e.into(),
+        }
+    }
 }
 
 #[cfg(test)]

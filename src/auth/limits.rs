@@ -23,18 +23,20 @@
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{http::header, web, HttpMessage};
+use actix_web::{http::header, HttpMessage};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::JwtKeys;
 use crate::config::{LimitSettings, ServerSettings};
 use crate::http::error::ApiError;
+use crate::http::state::Component;
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +265,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 /// principal is kept in the request ([`crate::auth::Authenticated`]), so the
 /// authorization layer does not verify the token again.
 fn client_of(req: &ServiceRequest) -> Option<String> {
-    let keys = req.app_data::<web::Data<JwtKeys>>()?;
+    let keys = <Arc<JwtKeys>>::from_app(req.request())?;
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
@@ -277,7 +279,8 @@ fn client_of(req: &ServiceRequest) -> Option<String> {
 
 /// The middleware (`actix_web::middleware::from_fn`): answers 404, 431 or 429
 /// as described in the module docs, else passes the request on. Needs a
-/// `web::Data<Guard>` in the app; without one it passes everything.
+/// [`Guard`] in the application state ([`crate::http::state::Component`]);
+/// without one it passes everything.
 ///
 /// # Errors
 /// Only the inner service's errors.
@@ -285,9 +288,7 @@ pub async fn guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let verdict = req
-        .app_data::<web::Data<Guard>>()
-        .map_or(Ok(()), |g| g.check(&req));
+    let verdict = <Arc<Guard>>::from_app(req.request()).map_or(Ok(()), |g| g.check(&req));
     match verdict {
         Ok(()) => next
             .call(req)

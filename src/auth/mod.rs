@@ -19,13 +19,16 @@ pub mod limits;
 
 use std::future::{ready, Ready};
 
-use actix_web::{dev::Payload, http::header, web, FromRequest, HttpMessage, HttpRequest};
+use std::sync::Arc;
+
+use actix_web::{dev::Payload, http::header, FromRequest, HttpMessage, HttpRequest};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::config::{AuthSettings, ConfigError, TokenKeys};
 use crate::http::error::ApiError;
+use crate::http::state::component;
 
 pub use crate::domain::Role;
 
@@ -79,19 +82,18 @@ impl Principal {
     /// Succeeds when the caller has at least one of `roles`.
     ///
     /// # Errors
-    /// 403 [`ApiError::Forbidden`] otherwise.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+    /// [`AuthError::MissingRole`] (403 at the edge) otherwise.
+    pub fn require(&self, roles: &[Role]) -> Result<(), AuthError> {
         if roles.iter().any(|r| self.has(*r)) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
-                "this operation needs one of the roles: {}",
+            Err(AuthError::MissingRole(
                 roles
                     .iter()
                     .map(|r| r.name())
                     .collect::<Vec<_>>()
-                    .join(", ")
-            )))
+                    .join(", "),
+            ))
         }
     }
 
@@ -110,7 +112,8 @@ impl Principal {
 /// Longest accepted `jti`, characters.
 const MAX_JTI_LEN: usize = 255;
 
-/// Keys and validation rules for tokens, shared with the HTTP app as `web::Data`.
+/// Keys and validation rules for tokens, built once and shared through the
+/// application state (a [`crate::http::state::Component`]).
 pub struct JwtKeys {
     algorithm: Algorithm,
     /// Present for HS256, and for the others when `auth.private_key_file` is set.
@@ -231,12 +234,12 @@ impl JwtKeys {
     /// Verifies a token and returns its principal.
     ///
     /// # Errors
-    /// 401 for a malformed token, an `alg` other than the configured one, a
+    /// [`AuthError::Unauthenticated`] (401 at the edge) for a malformed token, an `alg` other than the configured one, a
     /// bad signature, missing/expired `exp`, a future `nbf` or `iat`, a wrong
     /// `iss`/`aud` (when configured), a lifetime above
     /// `auth.max_token_lifetime_s`, a missing `jti` (with `auth.require_jti`)
     /// or an empty `sub`. Does not consume the `jti` (see [`consume_jti`]).
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             let why = match e.kind() {
@@ -257,11 +260,11 @@ impl JwtKeys {
                 }
                 _ => "token is malformed",
             };
-            ApiError::Unauthorized(why.to_owned())
+            AuthError::Unauthenticated(why.to_owned())
         })?;
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > 255 {
-            return Err(ApiError::Unauthorized(
+            return Err(AuthError::Unauthenticated(
                 "token `sub` must be 1 to 255 characters".into(),
             ));
         }
@@ -270,25 +273,25 @@ impl JwtKeys {
             .iat
             .is_some_and(|iat| iat > now.saturating_add(self.leeway_s))
         {
-            return Err(ApiError::Unauthorized(
+            return Err(AuthError::Unauthenticated(
                 "token was issued in the future (`iat`)".into(),
             ));
         }
         let lifetime = claims.exp.saturating_sub(claims.iat.unwrap_or(now));
         if lifetime > self.max_lifetime_s {
-            return Err(ApiError::Unauthorized(format!(
+            return Err(AuthError::Unauthenticated(format!(
                 "token lifetime exceeds the maximum of {} seconds",
                 self.max_lifetime_s
             )));
         }
         match &claims.jti {
             None if self.require_jti => {
-                return Err(ApiError::Unauthorized(
+                return Err(AuthError::Unauthenticated(
                     "token lacks a required claim (jti)".into(),
                 ))
             }
             Some(jti) if jti.is_empty() || jti.len() > MAX_JTI_LEN => {
-                return Err(ApiError::Unauthorized(
+                return Err(AuthError::Unauthenticated(
                     "token `jti` must be 1 to 255 characters".into(),
                 ))
             }
@@ -308,17 +311,18 @@ impl JwtKeys {
 /// `auth.require_jti` is set.
 ///
 /// # Errors
-/// 401 when the `jti` was already used by this client (a replayed request) or
-/// is missing; 503/500 when the database fails.
+/// [`AuthError::Unauthenticated`] (401) when the `jti` was already used by
+/// this client (a replayed request) or is missing; [`AuthError::Database`]
+/// (503/500) when the database fails.
 pub async fn consume_jti(
     pool: &PgPool,
     principal: &Principal,
     leeway_s: i64,
-) -> Result<(), ApiError> {
+) -> Result<(), AuthError> {
     let jti = principal
         .jti
         .as_deref()
-        .ok_or_else(|| ApiError::Unauthorized("token lacks a `jti`".into()))?;
+        .ok_or_else(|| AuthError::Unauthenticated("token lacks a `jti`".into()))?;
     let recorded = sqlx::query(
         "INSERT INTO token_jtis (client_id, jti, expires_at)
          VALUES ($1, $2, to_timestamp($3))
@@ -331,11 +335,29 @@ pub async fn consume_jti(
     .await?
     .rows_affected();
     if recorded == 0 {
-        return Err(ApiError::Unauthorized(
+        return Err(AuthError::Unauthenticated(
             "token `jti` was already used; mint a new token for each request".into(),
         ));
     }
     Ok(())
+}
+
+/// Why a caller is not let in, below the HTTP edge (token verification, role
+/// checks, `jti` replay protection). The messages are meant for the client;
+/// `crate::auth::authz` maps them to 401, 403 and the database rule.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No acceptable token: missing, malformed, badly signed, expired, not
+    /// yet valid, too long-lived, or its `jti` was already used (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token without any of the roles the route needs; the roles it
+    /// needs, comma-separated (403).
+    #[error("this operation needs one of the roles: {0}")]
+    MissingRole(String),
+    /// Recording the `jti` failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 impl FromRequest for Principal {
@@ -373,9 +395,7 @@ pub fn authenticate(req: &HttpRequest) -> Result<Principal, ApiError> {
         tracing::Span::current().record("client_id", principal.client_id.as_str());
         return Ok(principal.clone());
     }
-    let keys = req
-        .app_data::<web::Data<JwtKeys>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("JwtKeys missing from app data")))?;
+    let keys = component::<Arc<JwtKeys>>(req)?;
     let value = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -436,7 +456,7 @@ mod tests {
         let err = keys("fedcba9876543210fedcba9876543210")
             .verify(&t)
             .expect_err("must fail");
-        assert!(matches!(err, ApiError::Unauthorized(_)));
+        assert!(matches!(err, AuthError::Unauthenticated(_)));
     }
 
     #[test]

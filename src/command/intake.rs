@@ -24,8 +24,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::db::batch::{with_single_fallback, Batcher};
-use crate::domain::JsonText;
-use crate::http::error::ApiError;
+use crate::domain::{CallbackUrl, JsonText};
 use crate::security::seal::{ExecuteSeal, JobSealer};
 
 /// A validated command, ready to insert.
@@ -48,7 +47,7 @@ pub struct NewCommand {
     /// Body, the exact JSON text sent.
     pub body: Option<JsonText>,
     /// Checked callback URL.
-    pub callback_url: String,
+    pub callback_url: CallbackUrl,
     /// Checked idempotency key.
     pub idempotency_key: Option<String>,
     /// SHA-256 of the canonical request.
@@ -107,15 +106,28 @@ impl Intake {
     /// outcome once the transaction has committed.
     ///
     /// # Errors
-    /// 503 if the database is unavailable or the service is shutting down, 500
-    /// on unexpected database errors.
-    pub async fn submit(&self, command: NewCommand) -> Result<IntakeOutcome, ApiError> {
+    /// [`IntakeError::ShuttingDown`] once the writers have stopped;
+    /// [`IntakeError::Database`] when the write failed.
+    pub async fn submit(&self, command: NewCommand) -> Result<IntakeOutcome, IntakeError> {
         self.batcher
             .submit(command)
             .await
-            .ok_or_else(|| ApiError::Unavailable("the service is shutting down".into()))?
-            .map_err(ApiError::from)
+            .ok_or(IntakeError::ShuttingDown)?
+            .map_err(IntakeError::Database)
     }
+}
+
+/// Why [`Intake::submit`] could not write a command. At the HTTP edge both
+/// are 503 when they are worth retrying (shutting down; a transient database
+/// error) and 500 otherwise.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The intake writers have stopped: the service is shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    /// The database write failed (nothing of this command was committed).
+    #[error(transparent)]
+    Database(sqlx::Error),
 }
 
 /// Gives every command whose own row is committed its own answer, `Created`,
@@ -248,7 +260,7 @@ async fn insert_once(
                 path: &c.path,
                 params: c.params.as_str(),
                 body: c.body.as_ref().map(JsonText::as_str),
-                callback_url: &c.callback_url,
+                callback_url: c.callback_url.as_str(),
                 idempotency_key: c.idempotency_key.as_deref(),
             })
         })

@@ -23,14 +23,16 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::WritePool;
+use crate::delivery::secrets::SecretStoreError;
 use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, IdempotencyKey, JsonText};
 use crate::http::body::{check_json_content_type, parse_json, read_limited};
 use crate::http::error::{ApiError, Problem};
+use crate::http::state::Shared;
 use crate::integration::PathTemplate;
 use crate::query::{self, CallbackState, StatusDocument};
 use crate::security::SecretSealer;
 
-pub use intake::{Intake, IntakeOutcome, NewCommand};
+pub use intake::{Intake, IntakeError, IntakeOutcome, NewCommand};
 
 /// Body of `POST /v1/commands` (`docs/reference.md`, "POST /v1/commands").
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -125,10 +127,10 @@ pub async fn post_command(
     principal: Principal,
     req: HttpRequest,
     payload: web::Payload,
-    settings: web::Data<Arc<Settings>>,
-    intake: web::Data<Intake>,
-    pool: web::Data<WritePool>,
-    query_state: web::Data<query::QueryState>,
+    settings: Shared<Arc<Settings>>,
+    intake: Shared<Intake>,
+    pool: Shared<WritePool>,
+    query_state: Shared<Arc<query::QueryState>>,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = match req.headers().get("idempotency-key") {
         None if settings.commands.require_idempotency_key => {
@@ -199,11 +201,12 @@ pub async fn post_command(
 )]
 pub async fn get_signing_secret(
     principal: Principal,
-    pool: web::Data<WritePool>,
-    sealer: web::Data<SecretSealer>,
+    pool: Shared<WritePool>,
+    sealer: Shared<Arc<SecretSealer>>,
 ) -> Result<HttpResponse, ApiError> {
     let secrets =
-        crate::security::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id).await?;
+        crate::delivery::secrets::ensure_signing_secrets(&pool.0, &sealer, &principal.client_id)
+            .await?;
     let secret = secrets
         .into_iter()
         .next()
@@ -244,17 +247,23 @@ pub async fn get_signing_secret(
 pub async fn rotate_signing_secret(
     principal: Principal,
     req: HttpRequest,
-    pool: web::Data<WritePool>,
-    settings: web::Data<Arc<Settings>>,
-    sealer: web::Data<SecretSealer>,
+    pool: Shared<WritePool>,
+    settings: Shared<Arc<Settings>>,
+    sealer: Shared<Arc<SecretSealer>>,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(guard) = req.app_data::<web::Data<crate::auth::limits::Guard>>() {
+    if let Some(guard) =
+        <Arc<crate::auth::limits::Guard> as crate::http::state::Component>::from_app(&req)
+    {
         guard.admit_rotation(&principal.client_id)?;
     }
     let grace = std::time::Duration::from_secs(settings.delivery.secret_rotation_grace_s);
-    let rotation =
-        crate::security::rotate_signing_secret(&pool.0, &sealer, &principal.client_id, grace)
-            .await?;
+    let rotation = crate::delivery::secrets::rotate_signing_secret(
+        &pool.0,
+        &sealer,
+        &principal.client_id,
+        grace,
+    )
+    .await?;
     tracing::info!(
         target: "hookrelay::command",
         previous_expires_at = ?rotation.previous_expires_at,
@@ -282,7 +291,7 @@ impl StatusDocument {
             updated_at: created_at,
             result: None,
             callback: CallbackState {
-                url: c.callback_url.clone(),
+                url: c.callback_url.as_str().to_owned(),
                 status: DeliveryStatus::Pending,
                 attempts: 0,
                 webhook_id: None,
@@ -367,7 +376,7 @@ fn validate(
         path,
         params: params_text,
         body: request.body,
-        callback_url: callback.as_str().to_owned(),
+        callback_url: callback,
         idempotency_key: idempotency_key.map(|k| k.as_str().to_owned()),
         request_hash: Sha256::digest(canonical.as_bytes()).to_vec(),
     })
@@ -443,6 +452,29 @@ fn canonical_json(value: &Value) -> String {
     // Serialising a map whose insertion order is sorted yields sorted output
     // with or without serde_json's `preserve_order`.
     sorted(value).to_string()
+}
+
+/// Intake errors at the HTTP edge: shutting down is a 503; a database error
+/// follows the database rule (503 when transient, else 500).
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            IntakeError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// The signing-secret store's errors at the HTTP edge: a database error
+/// follows the database rule (503 when transient, else 500); a sealing
+/// failure is a 500.
+impl From<SecretStoreError> for ApiError {
+    fn from(e: SecretStoreError) -> Self {
+        match e {
+            SecretStoreError::Database(e) => e.into(),
+            other => ApiError::Internal(anyhow::Error::new(other)),
+        }
+    }
 }
 
 #[cfg(test)]

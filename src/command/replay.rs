@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::delivery::dead_letters::{dead_letters_remain, replay_dead_letters, ReplayFilter};
 use crate::http::error::{ApiError, Problem};
+use crate::http::state::Shared;
 
 use crate::db::WritePool;
 
@@ -75,7 +76,7 @@ pub const MAX_BULK_REPLAY: i64 = 10_000;
 pub async fn replay_one(
     principal: Principal,
     path: web::Path<String>,
-    pool: web::Data<WritePool>,
+    pool: Shared<WritePool>,
 ) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(&path).map_err(|_| ApiError::NotFound("no such delivery".into()))?;
     let replayed = replay_dead_letters(&pool.0, Some(id), &ReplayFilter::default(), 1).await?;
@@ -127,8 +128,8 @@ pub async fn replay_one(
 pub async fn replay_bulk(
     principal: Principal,
     payload: web::Payload,
-    settings: web::Data<std::sync::Arc<crate::config::Settings>>,
-    pool: web::Data<WritePool>,
+    settings: Shared<std::sync::Arc<crate::config::Settings>>,
+    pool: Shared<WritePool>,
 ) -> Result<HttpResponse, ApiError> {
     // Read like every other body: up to `server.body_limit_bytes`, beyond
     // that a 413 problem document (not actix's own plain-text answer at its

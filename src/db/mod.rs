@@ -11,11 +11,11 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 use crate::config::{mask_url, DatabaseSettings};
 
-/// The primary (write) pool, as app data (actix `web::Data`), shared by every handler.
+/// The primary (write) pool, shared by every handler through the application state.
 #[derive(Clone)]
 pub struct WritePool(pub PgPool);
 
-/// The read pool (replica, or the primary), as app data (actix `web::Data`), shared by every handler.
+/// The read pool (replica, or the primary), shared by every handler through the application state.
 #[derive(Clone)]
 pub struct ReadPool(pub PgPool);
 

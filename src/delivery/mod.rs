@@ -6,7 +6,10 @@
 //! content is `{webhook-id}.{webhook-timestamp}.{body}`, HMAC-SHA256 keyed with
 //! the base64-decoded part of the `whsec_` secret, sent as
 //! `webhook-signature: v1,<base64>`; several signatures (during a secret
-//! rotation) are space-separated.
+//! rotation) are space-separated. Each client's signing secrets are stored,
+//! created and rotated in [`secrets`].
+
+pub mod secrets;
 
 pub mod dead_letters;
 pub mod host_limits;

@@ -68,6 +68,62 @@ impl CallbackUrl {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+
+    /// A URL read back from storage (`commands.callback_url`,
+    /// `deliveries.url`): it passed [`CallbackUrl::parse`] when it was
+    /// accepted, so only its shape is checked again (absolute `http`/`https`
+    /// with a host), not the callback policy, which may have changed since —
+    /// the sender checks the policy before every attempt. The text is kept
+    /// as is: a stored URL is already in its serialised form, so
+    /// [`CallbackUrl::as_str`] returns exactly what was stored (seals cover it).
+    ///
+    /// # Errors
+    /// A sentence saying what is wrong.
+    pub fn from_stored(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("is not a valid absolute URL ({e})"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err("is not an http or https URL with a host".into());
+        }
+        if url.as_str() != s {
+            return Err("is not in serialised form".into());
+        }
+        Ok(CallbackUrl(url))
+    }
+}
+
+impl fmt::Display for CallbackUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stored as Postgres `text`: encoded as [`CallbackUrl::as_str`], decoded
+/// with [`CallbackUrl::from_stored`] (a row whose URL is not one fails its
+/// decode, naming the problem).
+impl sqlx::Type<sqlx::Postgres> for CallbackUrl {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for CallbackUrl {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for CallbackUrl {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        CallbackUrl::from_stored(s).map_err(|why| format!("callback URL `{s}` {why}").into())
+    }
 }
 
 /// A client-chosen `Idempotency-Key`: 1 to 255 visible ASCII characters
@@ -553,6 +609,24 @@ mod tests {
 
     fn strict() -> CallbackPolicy {
         CallbackPolicy::default()
+    }
+
+    #[test]
+    fn stored_callback_urls_read_back_unchanged() {
+        let accepted =
+            CallbackUrl::parse("https://partner.example/hooks?x=1", 2048, &strict()).expect("ok");
+        let stored = CallbackUrl::from_stored(accepted.as_str()).expect("reads back");
+        assert_eq!(stored, accepted);
+        // The policy is not applied again: it may have changed since intake.
+        assert!(CallbackUrl::from_stored("http://10.0.0.1/hook").is_ok());
+        for bad in [
+            "",
+            "not a url",
+            "ftp://partner.example/x",
+            "https://Partner.example",
+        ] {
+            assert!(CallbackUrl::from_stored(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -168,12 +168,26 @@ impl ApiError {
     }
 }
 
+/// What a client is told about a database error: that it may retry (a
+/// transient error: 503) or, for anything else, only that the database
+/// failed (the cause is logged, never shown).
+pub fn database_detail(e: &sqlx::Error) -> &'static str {
+    if crate::db::batch::is_transient(e) {
+        "the database is busy or unavailable; retry later"
+    } else {
+        "database error"
+    }
+}
+
+/// The database rule: a transient error is a 503 (retry), anything else a
+/// 500 whose cause is logged.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::db::batch::is_transient(&e) {
-            ApiError::Unavailable("the database is busy or unavailable; retry later".into())
+            ApiError::Unavailable(database_detail(&e).into())
         } else {
-            ApiError::Internal(anyhow::Error::new(e).context("database error"))
+            let detail = database_detail(&e);
+            ApiError::Internal(anyhow::Error::new(e).context(detail))
         }
     }
 }

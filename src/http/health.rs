@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::db::WritePool;
 use crate::http::error::{ApiError, Problem};
+use crate::http::state::Shared;
 
 /// Probe answer.
 #[derive(Serialize, ToSchema)]
@@ -34,7 +35,7 @@ pub async fn healthz() -> HttpResponse {
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Database unreachable", body = Problem, content_type = "application/problem+json")))]
-pub async fn readyz(pool: web::Data<WritePool>) -> Result<HttpResponse, ApiError> {
+pub async fn readyz(pool: Shared<WritePool>) -> Result<HttpResponse, ApiError> {
     let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool.0);
     match tokio::time::timeout(Duration::from_secs(2), ping).await {
         Ok(Ok(_)) => Ok(HttpResponse::Ok().json(Health { status: "ok" })),

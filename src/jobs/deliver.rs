@@ -7,10 +7,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::{DispatchContext, JobCommand, Lease};
+use crate::delivery::secrets::{ensure_signing_secrets, SecretStoreError};
 use crate::delivery::{next_delay, AttemptOutcome};
 use crate::outbox::{AfterAttempt, AttemptRecord, Outcome, Trigger};
 use crate::security::seal::DeliverSeal;
-use crate::security::{ensure_signing_secrets, SecretStoreError};
 
 /// A deliver job: the delivery its command's callback is sent as.
 #[derive(Debug, Clone)]
@@ -62,7 +62,9 @@ pub(super) async fn run(
         // replaced never sign (rows left from before rotation retired them).
         Some(sealed) if !sealed.is_empty() => ctx.sealer.open_all(
             &cmd.client_id,
-            &sealed[..sealed.len().min(crate::security::MAX_SIGNING_SECRETS)],
+            &sealed[..sealed
+                .len()
+                .min(crate::delivery::secrets::MAX_SIGNING_SECRETS)],
         ),
         _ => match ensure_signing_secrets(&ctx.pool, &ctx.sealer, &cmd.client_id).await {
             Ok(secrets) => secrets,

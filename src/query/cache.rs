@@ -30,7 +30,6 @@ use uuid::Uuid;
 
 use super::StatusDocument;
 use crate::config::{CacheSettings, QuerySideSettings};
-use crate::http::error::ApiError;
 
 /// A Redis connection used as a cache: lazy connection (a Redis that is down
 /// at start does not stop the service), a timeout on every command, and
@@ -166,8 +165,19 @@ pub struct CachedStatus {
     pub doc: StatusDocument,
 }
 
-fn not_found() -> ApiError {
-    ApiError::NotFound("no such command".into())
+/// Why [`StatusCache::get_or_load`] has no document.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusCacheError {
+    /// No such command (not cached: the next read looks again).
+    #[error("no such command")]
+    NotFound,
+    /// This caller's own database read failed.
+    #[error(transparent)]
+    Database(sqlx::Error),
+    /// A read shared with concurrent callers failed (its error is theirs
+    /// too; only the first caller owns it).
+    #[error("reading the status failed: {0}")]
+    Shared(Arc<StatusCacheError>),
 }
 
 /// The status-document cache: key = command id, TTL = `query.max_staleness_ms`.
@@ -211,15 +221,16 @@ impl StatusCache {
     /// connections with a 1 s TTL). With Redis each instance reads on a miss.
     ///
     /// # Errors
-    /// `NotFound`, or the database error of `load` (`Unavailable` for every
-    /// waiter that shared it).
+    /// [`StatusCacheError::NotFound`], or the database error of `load`
+    /// ([`StatusCacheError::Shared`] for every waiter that shared it but the
+    /// one that owns it).
     pub async fn get_or_load<F>(
         &self,
         id: Uuid,
         load: F,
-    ) -> Result<(Arc<CachedStatus>, bool), ApiError>
+    ) -> Result<(Arc<CachedStatus>, bool), StatusCacheError>
     where
-        F: std::future::Future<Output = Result<Option<CachedStatus>, ApiError>> + Send,
+        F: std::future::Future<Output = Result<Option<CachedStatus>, sqlx::Error>> + Send,
     {
         if let Some(r) = &self.redis {
             let key = Self::key(id);
@@ -232,7 +243,10 @@ impl StatusCache {
                     }
                 }
             }
-            let entry = load.await?.ok_or_else(not_found)?;
+            let entry = load
+                .await
+                .map_err(StatusCacheError::Database)?
+                .ok_or(StatusCacheError::NotFound)?;
             if let Ok(raw) = serde_json::to_vec(&entry) {
                 r.set(&key, &raw, self.ttl).await;
             }
@@ -243,7 +257,10 @@ impl StatusCache {
             .local
             .try_get_with(id, async {
                 loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-                load.await?.map(Arc::new).ok_or_else(not_found)
+                load.await
+                    .map_err(StatusCacheError::Database)?
+                    .map(Arc::new)
+                    .ok_or(StatusCacheError::NotFound)
             })
             .await;
         let hit = !loaded.load(std::sync::atomic::Ordering::Relaxed);
@@ -252,8 +269,8 @@ impl StatusCache {
             Err(e) => Err(match Arc::try_unwrap(e) {
                 Ok(e) => e,
                 Err(shared) => match &*shared {
-                    ApiError::NotFound(m) => ApiError::NotFound(m.clone()),
-                    other => ApiError::Unavailable(format!("reading the status failed: {other}")),
+                    StatusCacheError::NotFound => StatusCacheError::NotFound,
+                    _ => StatusCacheError::Shared(shared),
                 },
             }),
         }

@@ -28,6 +28,7 @@ use crate::auth::Principal;
 use crate::config::Settings;
 use crate::db::{ReadPool, WritePool};
 use crate::http::error::ApiError;
+use crate::http::state::Shared;
 use crate::query::event_log::{Cursor, Event, EventFeed, EventFilter};
 
 /// The `Last-Event-ID` request header (WHATWG HTML, server-sent events).
@@ -95,8 +96,8 @@ pub async fn stream_events(
     principal: Principal,
     params: web::Query<EventsParams>,
     req: HttpRequest,
-    feed: web::Data<EventFeed>,
-    settings: web::Data<Arc<Settings>>,
+    feed: Shared<EventFeed>,
+    settings: Shared<Arc<Settings>>,
 ) -> Result<HttpResponse, ApiError> {
     crate::http::body::reject_nul_param("client_id", params.client_id.as_deref())?;
     let client_id = if principal.reads_all() {
@@ -147,11 +148,11 @@ pub async fn stream_command_events(
     path: web::Path<String>,
     params: web::Query<CommandEventsParams>,
     req: HttpRequest,
-    read: web::Data<ReadPool>,
-    write: web::Data<WritePool>,
-    state: web::Data<super::QueryState>,
-    feed: web::Data<EventFeed>,
-    settings: web::Data<Arc<Settings>>,
+    read: Shared<ReadPool>,
+    write: Shared<WritePool>,
+    state: Shared<Arc<super::QueryState>>,
+    feed: Shared<EventFeed>,
+    settings: Shared<Arc<Settings>>,
 ) -> Result<HttpResponse, ApiError> {
     let id = super::parse_id(&path)?;
     // Read-your-writes, as for the status document: a client that just sent

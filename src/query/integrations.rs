@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::http::error::{ApiError, Problem};
+use crate::http::state::Shared;
 use crate::integration::resilience::{Policies, PolicySnapshot};
 
 /// One integration's diagnostics.
@@ -51,7 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub async fn integrations(
     // Role checked by the authz layer; taking it keeps the route fail-closed.
     _principal: Principal,
-    policies: web::Data<Arc<Policies>>,
+    policies: Shared<Arc<Policies>>,
 ) -> Result<HttpResponse, ApiError> {
     let data = policies
         .snapshots()

@@ -149,7 +149,7 @@ impl LongPoll {
             };
             let mut waiters = self.waiters();
             for doc in docs {
-                let tag = super::etag(&doc);
+                let tag = super::status::etag(&doc);
                 let Some(list) = waiters.get_mut(&doc.id) else {
                     continue;
                 };

@@ -2,6 +2,9 @@
 //! and the dispatcher (worker role), with graceful shutdown.
 
 pub mod openapi;
+pub mod state;
+
+pub use state::AppState;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -11,7 +14,6 @@ use actix_web::dev::Server;
 use actix_web::http::KeepAlive;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -201,22 +203,30 @@ impl Application {
         } else {
             (None, None, Vec::new(), None)
         };
-        let listeners = SharedData::new(
-            &settings,
-            HttpState {
-                primary: primary.clone(),
-                read,
-                intake,
-                events,
-                sealer,
-                policies: policies.clone(),
-                integrations: integrations.clone(),
-                metrics,
-                query_state: query_state.clone(),
-                redis,
-            },
-        )
-        .and_then(|shared| listen(&settings, role, shared));
+        let listeners = JwtKeys::new(&settings.auth)
+            .map_err(anyhow::Error::from)
+            .and_then(|keys| {
+                let state = AppState {
+                    settings: settings.clone(),
+                    write_pool: WritePool(primary.clone()),
+                    read_pool: ReadPool(read),
+                    keys: Arc::new(keys),
+                    authz: Arc::new(crate::auth::authz::Authz::from_settings(&settings)),
+                    guard: None,
+                    sealer,
+                    policies: policies.clone(),
+                    integrations: integrations.clone(),
+                    query_cache: Arc::new(crate::query::upstream::QueryCache::new(
+                        settings.query.upstream_cache_capacity,
+                        redis,
+                    )),
+                    query_state: query_state.clone(),
+                    intake,
+                    events,
+                    metrics,
+                };
+                listen(&settings, role, state)
+            });
         // A failure here must also stop the event tailer started above.
         let (port, admin_port, servers) = listeners.inspect_err(|_| cancel.cancel())?;
 
@@ -354,70 +364,12 @@ async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// What the HTTP handlers share, besides the settings.
-struct HttpState {
-    primary: PgPool,
-    read: PgPool,
-    /// `None` in the worker role (its admin listener takes no commands).
-    intake: Option<Intake>,
-    /// The event-log tail; `None` in the worker role (no streams there).
-    events: Option<EventFeed>,
-    sealer: Arc<SecretSealer>,
-    policies: Arc<Policies>,
-    integrations: Arc<Integrations>,
-    metrics: PrometheusHandle,
-    query_state: Arc<QueryState>,
-    /// The shared cache (`cache.redis_url`), if configured.
-    redis: Option<Arc<RedisCache>>,
-}
-
-/// The app data of every listener, built once per process.
-#[derive(Clone)]
-struct SharedData {
-    integrations: web::Data<Arc<Integrations>>,
-    query_cache: web::Data<crate::query::upstream::QueryCache>,
-    policies: web::Data<Arc<Policies>>,
-    keys: web::Data<JwtKeys>,
-    authz: web::Data<crate::auth::authz::Authz>,
-    settings: web::Data<Arc<Settings>>,
-    write_pool: web::Data<WritePool>,
-    read_pool: web::Data<ReadPool>,
-    intake: Option<web::Data<Intake>>,
-    events: Option<web::Data<EventFeed>>,
-    sealer: web::Data<SecretSealer>,
-    metrics: web::Data<PrometheusHandle>,
-    query_state: web::Data<QueryState>,
-}
-
-impl SharedData {
-    fn new(settings: &Arc<Settings>, state: HttpState) -> anyhow::Result<Self> {
-        Ok(SharedData {
-            integrations: web::Data::new(state.integrations),
-            query_cache: web::Data::new(crate::query::upstream::QueryCache::new(
-                settings.query.upstream_cache_capacity,
-                state.redis,
-            )),
-            policies: web::Data::new(state.policies),
-            keys: web::Data::new(JwtKeys::new(&settings.auth)?),
-            authz: web::Data::new(crate::auth::authz::Authz::from_settings(settings)),
-            settings: web::Data::new(settings.clone()),
-            write_pool: web::Data::new(WritePool(state.primary)),
-            read_pool: web::Data::new(ReadPool(state.read)),
-            intake: state.intake.map(web::Data::new),
-            events: state.events.map(web::Data::new),
-            sealer: web::Data::from(state.sealer),
-            metrics: web::Data::new(state.metrics),
-            query_state: web::Data::from(state.query_state),
-        })
-    }
-}
-
 /// Binds `server.bind` (API role) and `server.admin_bind` (when set, any
 /// role) and builds their servers: `(port, admin_port, servers)`.
 fn listen(
     settings: &Arc<Settings>,
     role: ServeRole,
-    shared: SharedData,
+    state: AppState,
 ) -> anyhow::Result<(Option<u16>, Option<u16>, Vec<Server>)> {
     let mut servers = Vec::new();
     let (mut port, mut admin_port) = (None, None);
@@ -432,7 +384,7 @@ fn listen(
         } else {
             Listener::Combined
         };
-        servers.push(http_server(listener, settings, shared.clone(), kind)?);
+        servers.push(http_server(listener, settings, state.clone(), kind)?);
     }
     if admin_split {
         let listener = TcpListener::bind(&settings.server.admin_bind).map_err(|e| {
@@ -442,7 +394,7 @@ fn listen(
             )
         })?;
         admin_port = Some(listener.local_addr()?.port());
-        servers.push(http_server(listener, settings, shared, Listener::Admin)?);
+        servers.push(http_server(listener, settings, state, Listener::Admin)?);
     }
     Ok((port, admin_port, servers))
 }
@@ -453,32 +405,20 @@ fn listen(
 fn http_server(
     listener: TcpListener,
     settings: &Settings,
-    shared: SharedData,
+    mut state: AppState,
     kind: Listener,
 ) -> anyhow::Result<Server> {
-    let guard = web::Data::new(Guard::new(kind, &settings.server, &settings.limits));
+    state.guard = Some(Arc::new(Guard::new(
+        kind,
+        &settings.server,
+        &settings.limits,
+    )));
+    // One registration: every handler and middleware finds its part in it.
+    let state = web::Data::new(state);
     let mut server = HttpServer::new(move || {
-        let d = shared.clone();
-        let mut app = App::new()
-            .app_data(d.keys)
-            .app_data(d.authz)
-            .app_data(d.settings)
-            .app_data(d.write_pool)
-            .app_data(d.read_pool)
-            .app_data(d.sealer)
-            .app_data(d.policies)
-            .app_data(d.integrations)
-            .app_data(d.query_cache)
-            .app_data(d.metrics)
-            .app_data(d.query_state)
-            .app_data(guard.clone());
-        if let Some(intake) = d.intake {
-            app = app.app_data(intake);
-        }
-        if let Some(events) = d.events {
-            app = app.app_data(events);
-        }
-        app.app_data(web::QueryConfig::default().error_handler(query_error_handler))
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             // Innermost first: limits (rate, header size, which listener
             // serves the path) run before the route table (authz) is

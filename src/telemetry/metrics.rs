@@ -42,9 +42,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::HttpResponse;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::http::state::Shared;
 
 /// Upstream calls by outcome (counter).
 pub const UPSTREAM_REQUESTS: &str = "hookrelay_upstream_requests_total";
@@ -402,7 +404,7 @@ pub fn cache_error(op: &'static str) {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text exposition format (version 0.0.4)",
         body = String, content_type = "text/plain")))]
-pub async fn metrics_page(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+pub async fn metrics_page(handle: Shared<PrometheusHandle>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(handle.render())

@@ -6,9 +6,8 @@ use std::time::Duration;
 use hookrelay::domain::CommandStatus;
 use hookrelay::domain::JsonText;
 use hookrelay::integration::UpstreamResult;
-use hookrelay::jobs::{self, execute::finish_execute, Job};
-use hookrelay::outbox::{self, Claimed};
 use hookrelay::startup::{Application, ServeRole};
+use hookrelay::testing::outbox;
 use serde_json::json;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer};
@@ -32,13 +31,13 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
         .await;
 
     // A worker claims the job with a short lease and dies without finishing.
-    let dead = jobs::claim(&app.pool, 10, Duration::from_millis(300))
+    let dead = outbox::claim(&app.pool, 10, Duration::from_millis(300))
         .await
         .expect("claim");
     assert_eq!(dead.len(), 1);
     assert_eq!(app.status(&token, &id).await["status"], "in_progress");
     // While the lease holds, nobody else can claim the job.
-    assert!(jobs::claim(&app.pool, 10, Duration::from_secs(10))
+    assert!(outbox::claim(&app.pool, 10, Duration::from_secs(10))
         .await
         .expect("claim")
         .is_empty());
@@ -70,7 +69,7 @@ async fn expired_lease_is_reclaimed_and_completed_exactly_once() {
         error: None,
         fallback: false,
     };
-    let written = finish_execute(
+    let written = outbox::finish_execute(
         &app.pool,
         &dead[0],
         CommandStatus::Failed,
@@ -147,19 +146,19 @@ async fn a_stale_and_a_current_outcome_in_one_batch_apply_only_the_current() {
     let id = app
         .post_command_id(&token, &app.command("1", json!({})), None)
         .await;
-    let stale = jobs::claim(&app.pool, 10, Duration::from_millis(200))
+    let stale = outbox::claim(&app.pool, 10, Duration::from_millis(200))
         .await
         .expect("claim")
         .pop()
         .expect("job");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let current = jobs::claim(&app.pool, 10, Duration::from_secs(10))
+    let current = outbox::claim(&app.pool, 10, Duration::from_secs(10))
         .await
         .expect("claim")
         .pop()
         .expect("the same job again");
     assert_eq!(stale.id, current.id);
-    let finish = |job: &Claimed<Job>, status: CommandStatus, code: u16| outbox::Finish {
+    let finish = |job: &outbox::ClaimedJob, status: CommandStatus, code: u16| outbox::Finish {
         job_id: job.id,
         lease_token: job.lease_token,
         status,

@@ -565,12 +565,12 @@ async fn outbox_lag_is_the_age_of_the_oldest_ready_job() {
     set_run_at(waiting.clone(), "-40 seconds").await;
     // A leased job's run_at is its lease end, in the future: not ready.
     set_run_at(leased.clone(), "60 seconds").await;
-    let age = hookrelay::outbox::oldest_ready_age(&app.pool)
+    let age = hookrelay::testing::outbox_lag(&app.pool)
         .await
         .expect("age");
     assert!((40.0..45.0).contains(&age.as_secs_f64()), "{age:?}");
     set_run_at(waiting, "30 seconds").await;
-    let age = hookrelay::outbox::oldest_ready_age(&app.pool)
+    let age = hookrelay::testing::outbox_lag(&app.pool)
         .await
         .expect("age");
     assert_eq!(age, Duration::ZERO);

@@ -366,14 +366,9 @@ pub async fn spawn_sibling(app: &TestApp) -> TestApp {
 /// catches up); returns its URL.
 pub async fn empty_database() -> String {
     let url = format!("{}/hookrelay_test_{}", pg_base(), Uuid::new_v4().simple());
-    hookrelay::db::ensure_database(&url)
+    hookrelay::testing::prepare_database(&url)
         .await
-        .expect("create database");
-    let pool = hookrelay::db::connect(&url, 2, Duration::from_secs(5))
-        .await
-        .expect("connect");
-    hookrelay::db::migrate(&pool, &url).await.expect("migrate");
-    pool.close().await;
+        .expect("create and migrate the database");
     url
 }
 

@@ -350,15 +350,13 @@ async fn reseal_jobs_moves_live_rows_to_the_new_key_and_skips_altered_ones() {
         .security
         .job_mac_keys
         .insert(0, secrecy::SecretString::from(new_key.clone()));
-    let sealer = hookrelay::security::seal::JobSealer::from_keys(&rotated.security.job_mac_keys)
-        .expect("keys");
-    let report = hookrelay::security::seal::reseal_jobs(&app.pool, &sealer)
+    let report = hookrelay::testing::reseal_jobs(&app.pool, &rotated.security.job_mac_keys)
         .await
         .expect("reseal");
     assert_eq!(report.resealed, 1, "{report:?}");
     assert_eq!(report.unverified, 1, "the altered row is not laundered");
     // Running it again finds nothing left to do but the altered row.
-    let again = hookrelay::security::seal::reseal_jobs(&app.pool, &sealer)
+    let again = hookrelay::testing::reseal_jobs(&app.pool, &rotated.security.job_mac_keys)
         .await
         .expect("reseal");
     assert_eq!(again.resealed, 0);

@@ -6,7 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hookrelay::security::seal::JobSealer;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRng, TestRunner};
@@ -338,10 +337,10 @@ async fn arbitrary_json_goes_intake_store_claim_verify_without_quarantine() {
             sent.insert(Uuid::parse_str(&id).expect("uuid"), body.clone());
         }
     }
-    let sealer = JobSealer::from_keys(&app.settings.security.job_mac_keys).expect("keys");
+    let keys = &app.settings.security.job_mac_keys;
     let mut claimed = 0;
     loop {
-        let jobs = hookrelay::jobs::claim(&app.pool, 64, Duration::from_secs(60))
+        let jobs = hookrelay::testing::outbox::claim(&app.pool, 64, Duration::from_secs(60))
             .await
             .expect("claim");
         if jobs.is_empty() {
@@ -357,7 +356,7 @@ async fn arbitrary_json_goes_intake_store_claim_verify_without_quarantine() {
             let want = (body != "null").then_some(body.as_str());
             assert_eq!(job.body.as_deref(), want, "stored unchanged");
             assert_eq!(
-                sealer.verify_execute(job.seal.as_deref(), &job.execute_seal()),
+                hookrelay::testing::outbox::execute_seal_verifies(keys, &job).expect("keys"),
                 Ok(()),
                 "seal of {body}"
             );

@@ -220,7 +220,7 @@ async fn the_old_secret_signs_alongside_the_new_one_until_its_grace_ends() {
     assert_eq!(hook.signature_count(), 2);
     assert!(hook.verifies_with(&old), "old secret alone verifies");
     assert!(hook.verifies_with(&new), "new secret alone verifies");
-    let stranger = hookrelay::security::new_signing_secret();
+    let stranger = hookrelay::testing::new_signing_secret();
     assert!(!hook.verifies_with(&stranger));
 
     // After the grace period: only the new secret signs.
@@ -383,24 +383,24 @@ async fn reseal_moves_every_secret_to_the_first_key() {
             .fetch_all(&app.pool)
             .await
             .expect("rows");
-    let only_k2 = hookrelay::security::SecretSealer::from_keys(&[SecretString::from(k2.clone())])
-        .expect("keys");
+    let only_k2 = [SecretString::from(k2.clone())];
     let opened: Vec<String> = rows
         .iter()
         .map(|(client, sealed)| {
             assert!(sealed.starts_with("k2:"), "{sealed}");
-            only_k2.open(client, sealed).expect("k2 alone opens")
+            hookrelay::testing::open_signing_secret(&only_k2, client, sealed)
+                .expect("keys")
+                .expect("k2 alone opens")
         })
         .collect();
     assert_eq!(opened, vec![acme_old, acme_new, beta_secret]);
 
     // Idempotent, and a value no key opens is reported, not destroyed.
-    let both = hookrelay::security::SecretSealer::from_keys(&[
+    let both = [
         SecretString::from(k2.clone()),
         SecretString::from(k1.clone()),
-    ])
-    .expect("keys");
-    let report = hookrelay::security::reseal_signing_secrets(&app.pool, &both)
+    ];
+    let report = hookrelay::testing::reseal_signing_secrets(&app.pool, &both)
         .await
         .expect("reseal");
     assert_eq!(report.resealed, 0);
@@ -412,12 +412,8 @@ async fn reseal_moves_every_secret_to_the_first_key() {
     .execute(&app.pool)
     .await
     .expect("update");
-    let k3_first = hookrelay::security::SecretSealer::from_keys(&[
-        SecretString::from(k3),
-        SecretString::from(k2),
-    ])
-    .expect("keys");
-    let report = hookrelay::security::reseal_signing_secrets(&app.pool, &k3_first)
+    let k3_first = [SecretString::from(k3), SecretString::from(k2)];
+    let report = hookrelay::testing::reseal_signing_secrets(&app.pool, &k3_first)
         .await
         .expect("reseal");
     assert_eq!(report.resealed, 2);

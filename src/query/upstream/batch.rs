@@ -156,10 +156,10 @@ pub async fn batch_queries(
     principal: Principal,
     req: HttpRequest,
     payload: web::Payload,
-    settings: web::Data<Arc<crate::config::Settings>>,
-    integrations: web::Data<Arc<Integrations>>,
-    policies: web::Data<Arc<Policies>>,
-    cache: web::Data<QueryCache>,
+    settings: crate::http::state::Shared<Arc<crate::config::Settings>>,
+    integrations: crate::http::state::Shared<Arc<Integrations>>,
+    policies: crate::http::state::Shared<Arc<Policies>>,
+    cache: crate::http::state::Shared<Arc<QueryCache>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let result = async {
@@ -177,7 +177,9 @@ pub async fn batch_queries(
         tracing::Span::current().record("queries", request.queries.len() as u64);
         // The request itself was charged once by the limits middleware; each
         // further entry costs one more request of the client's rate limit.
-        if let Some(guard) = req.app_data::<web::Data<crate::auth::limits::Guard>>() {
+        if let Some(guard) =
+            <Arc<crate::auth::limits::Guard> as crate::http::state::Component>::from_app(&req)
+        {
             let extra = u32::try_from(request.queries.len() - 1).unwrap_or(u32::MAX);
             guard.charge_client(&principal.client_id, extra)?;
         }

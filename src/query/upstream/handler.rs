@@ -113,10 +113,10 @@ pub async fn get_query(
     principal: Principal,
     path: web::Path<(String, String)>,
     req: HttpRequest,
-    settings: web::Data<Arc<crate::config::Settings>>,
-    integrations: web::Data<Arc<Integrations>>,
-    policies: web::Data<Arc<Policies>>,
-    cache: web::Data<QueryCache>,
+    settings: crate::http::state::Shared<Arc<crate::config::Settings>>,
+    integrations: crate::http::state::Shared<Arc<Integrations>>,
+    policies: crate::http::state::Shared<Arc<Policies>>,
+    cache: crate::http::state::Shared<Arc<QueryCache>>,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let (name, query) = path.into_inner();
