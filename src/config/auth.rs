@@ -40,14 +40,18 @@ pub struct AuthSettings {
     /// Tokens must carry a `jti`; the first POST with a given `jti` records it
     /// until the token expires, and a second POST with it answers 401 (replay).
     pub require_jti: bool,
+    /// The keys of `algorithm`, read and parsed once by
+    /// [`super::Settings::validate`]; see [`AuthSettings::loaded_keys`].
+    #[serde(skip)]
+    pub keys: Option<TokenKeys>,
 }
 
 /// Longest `auth.max_token_lifetime_s`: 30 days.
 pub const MAX_TOKEN_LIFETIME_S: u64 = 30 * 24 * 3600;
 
 impl AuthSettings {
-    /// Checks the leeway and lifetime bounds, then reads and parses the keys.
-    pub(super) fn check(&self) -> Result<(), ConfigError> {
+    /// Checks the leeway and lifetime bounds, then reads and parses the keys (once).
+    pub(super) fn check(&mut self) -> Result<(), ConfigError> {
         if self.leeway_s > 60 {
             return Err(invalid("auth.leeway_s", "must be at most 60 seconds"));
         }
@@ -57,9 +61,9 @@ impl AuthSettings {
                 format!("must be 1 to {MAX_TOKEN_LIFETIME_S} seconds (30 days)"),
             ));
         }
-        // Algorithm, secret length and key files: the same parsing that
-        // `auth::JwtKeys` uses.
-        self.token_keys()?;
+        // Algorithm, secret length and key files, read once: `auth::JwtKeys`
+        // is built from these keys.
+        self.keys = Some(self.token_keys()?);
         Ok(())
     }
 }
@@ -86,7 +90,9 @@ fn read_key(key: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
 }
 
 /// The token keys of `[auth]`, read and parsed: what `auth::JwtKeys` is
-/// built from, and what validation checks so a bad key fails at load.
+/// built from, read once when configuration is loaded so a bad key fails
+/// there. `Debug` names the algorithm only.
+#[derive(Clone)]
 pub struct TokenKeys {
     /// The one accepted algorithm (`auth.algorithm`).
     pub algorithm: Algorithm,
@@ -96,7 +102,28 @@ pub struct TokenKeys {
     pub decoding: DecodingKey,
 }
 
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("algorithm", &self.algorithm)
+            .field("can_sign", &self.encoding.is_some())
+            .finish()
+    }
+}
+
 impl AuthSettings {
+    /// The keys read at load ([`super::Settings::validate`]); settings that
+    /// did not go through it (tests that build `[auth]` by hand) read them now.
+    ///
+    /// # Errors
+    /// As [`AuthSettings::token_keys`].
+    pub fn loaded_keys(&self) -> Result<TokenKeys, ConfigError> {
+        match &self.keys {
+            Some(keys) => Ok(keys.clone()),
+            None => self.token_keys(),
+        }
+    }
+
     /// Reads and parses the keys of `auth.algorithm` (RFC 7518/8037): the
     /// HS256 `jwt_secret`, or the PEM files `public_key_file` (and
     /// `private_key_file` when set) for RS256, ES256 and EdDSA.

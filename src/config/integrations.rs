@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use secrecy::SecretString;
+
+use crate::domain::{PathTemplate, Role};
 use serde::Deserialize;
 use url::Url;
 
@@ -179,24 +181,25 @@ impl WriteMethod {
 pub struct OperationSettings {
     /// HTTP method.
     pub method: WriteMethod,
-    /// Path template; `{name}` is filled from the command's params.
-    pub path: String,
+    /// Path template; `{name}` is filled from the command's params. Parsed
+    /// at load: a bad template is a configuration error naming this key.
+    pub path: PathTemplate,
     /// What answers when this integration's circuit breaker is open.
     #[serde(default)]
     pub fallback: Option<FallbackSettings>,
     /// Roles allowed to send this command (`client`, `reader`, `admin`);
     /// `None` = [`DEFAULT_OPERATION_ROLES`]. Checked when the body names it.
     #[serde(default)]
-    pub roles: Option<Vec<String>>,
+    pub roles: Option<Vec<Role>>,
 }
 
 /// Roles allowed to send a command when its operation sets no `roles`
 /// (`docs/reference.md`: `POST /v1/commands` needs `client`).
-pub const DEFAULT_OPERATION_ROLES: &[&str] = &["client"];
+pub const DEFAULT_OPERATION_ROLES: &[Role] = &[Role::Client];
 
 /// Roles allowed to run a query when it sets no `roles` (`docs/reference.md`:
 /// `GET /v1/queries/...` is for client, reader and admin).
-pub const DEFAULT_QUERY_ROLES: &[&str] = &["client", "reader", "admin"];
+pub const DEFAULT_QUERY_ROLES: &[Role] = &[Role::Client, Role::Reader, Role::Admin];
 
 /// `[integrations.NAME.operations.OP.fallback]`: either another integration's
 /// operation (`integration` + `operation`, whose path placeholders must be a
@@ -221,8 +224,8 @@ pub struct FallbackSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuerySettings {
-    /// Path (GET).
-    pub path: String,
+    /// Path (GET), parsed at load like an operation's.
+    pub path: PathTemplate,
     /// Longest time a response is served from the cache, seconds; the
     /// upstream's `Cache-Control`/`Expires` can only shorten it. 0 = never cached.
     #[serde(default = "default_cache_ttl_s")]
@@ -238,7 +241,7 @@ pub struct QuerySettings {
     pub fallback: Option<FallbackSettings>,
     /// Roles allowed to run this query; `None` = [`DEFAULT_QUERY_ROLES`].
     #[serde(default)]
-    pub roles: Option<Vec<String>>,
+    pub roles: Option<Vec<Role>>,
 }
 
 fn default_cache_ttl_s() -> u64 {
@@ -319,10 +322,8 @@ impl Settings {
                         if i == name {
                             return Err(invalid(&key, "must name another integration"));
                         }
-                        let own = crate::domain::PathTemplate::parse(&settings.path).map_err(|p| invalid(&key, p))?;
-                        let theirs = crate::domain::PathTemplate::parse(&target.path).map_err(|p| invalid(&key, p))?;
-                        let own: Vec<&str> = own.params().collect();
-                        let missing = theirs.params().find(|p| !own.contains(p)).map(str::to_owned);
+                        let own: Vec<&str> = settings.path.params().collect();
+                        let missing = target.path.params().find(|p| !own.contains(p)).map(str::to_owned);
                         if let Some(p) = missing {
                             return Err(invalid(&key, format!("its path needs `{{{p}}}`, which this operation does not take")));
                         }
@@ -425,8 +426,6 @@ impl IntegrationSettings {
                     "operation names use lowercase letters, digits, '_' and '-'",
                 ));
             }
-            crate::domain::PathTemplate::parse(&settings.path)
-                .map_err(|p| invalid(format!("{key}.operations.{op}.path"), p))?;
             check_roles(
                 &format!("{key}.operations.{op}.roles"),
                 settings.roles.as_deref(),
@@ -439,8 +438,6 @@ impl IntegrationSettings {
                     "query names use lowercase letters, digits, '_' and '-'",
                 ));
             }
-            crate::domain::PathTemplate::parse(&settings.path)
-                .map_err(|p| invalid(format!("{key}.queries.{q}.path"), p))?;
             check_roles(
                 &format!("{key}.queries.{q}.roles"),
                 settings.roles.as_deref(),
@@ -450,24 +447,13 @@ impl IntegrationSettings {
     }
 }
 
-/// A configured role list must be non-empty and name only known roles.
-fn check_roles(key: &str, roles: Option<&[String]>) -> Result<(), ConfigError> {
-    let Some(roles) = roles else {
-        return Ok(());
-    };
-    if roles.is_empty() {
+/// A configured role list must be non-empty.
+fn check_roles(key: &str, roles: Option<&[Role]>) -> Result<(), ConfigError> {
+    // Unknown names were refused when the list was deserialised (naming the key).
+    if roles.is_some_and(<[Role]>::is_empty) {
         return Err(invalid(
             key,
             "must name at least one role (omit it for the default)",
-        ));
-    }
-    if let Some(bad) = roles
-        .iter()
-        .find(|r| crate::domain::Role::parse(r).is_none())
-    {
-        return Err(invalid(
-            key,
-            format!("unknown role `{bad}`; roles are client, reader and admin"),
         ));
     }
     Ok(())

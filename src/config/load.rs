@@ -94,4 +94,20 @@ impl Settings {
             .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
         settings.validate()
     }
+
+    /// The embedded defaults with `toml` layered over them, validated: how
+    /// the unit tests feed values that deserialisation itself must refuse.
+    #[cfg(test)]
+    pub(super) fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_CONFIG,
+                config::FileFormat::Toml,
+            ))
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
+        settings.validate()
+    }
 }

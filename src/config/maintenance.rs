@@ -1,5 +1,7 @@
 //! `[maintenance]`: cron schedules of the housekeeping runs, and retention.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::{invalid, ConfigError};
@@ -27,33 +29,46 @@ pub struct MaintenanceSettings {
     /// Events (`command_events`) are kept this long, seconds; a stream resumed
     /// with an older `Last-Event-ID` continues from the oldest event kept.
     pub event_retention_s: u64,
+    /// The five `*_cron` expressions, parsed once by
+    /// [`super::Settings::validate`], by key name (`purge_events_cron`, ...);
+    /// see [`MaintenanceSettings::schedule`].
+    #[serde(skip)]
+    pub schedules: BTreeMap<&'static str, cron::Schedule>,
 }
 
 impl MaintenanceSettings {
-    /// Parses every schedule and checks the lease and the event retention.
-    pub(super) fn check(&self) -> Result<(), ConfigError> {
-        for (key, expr) in [
+    /// The parsed schedule of the `*_cron` key `name` (e.g.
+    /// `"purge_events_cron"`); `None` before validation or for another name.
+    pub fn schedule(&self, name: &str) -> Option<&cron::Schedule> {
+        self.schedules.get(name)
+    }
+
+    /// Parses every schedule (once) and checks the lease and the event retention.
+    pub(super) fn check(&mut self) -> Result<(), ConfigError> {
+        let expressions = [
+            ("purge_attempt_bodies_cron", &self.purge_attempt_bodies_cron),
             (
-                "maintenance.purge_attempt_bodies_cron",
-                &self.purge_attempt_bodies_cron,
-            ),
-            (
-                "maintenance.expire_idempotency_keys_cron",
+                "expire_idempotency_keys_cron",
                 &self.expire_idempotency_keys_cron,
             ),
             (
-                "maintenance.retire_signing_secrets_cron",
+                "retire_signing_secrets_cron",
                 &self.retire_signing_secrets_cron,
             ),
-            (
-                "maintenance.purge_token_jtis_cron",
-                &self.purge_token_jtis_cron,
-            ),
-            ("maintenance.purge_events_cron", &self.purge_events_cron),
-        ] {
-            crate::domain::parse_cron(expr)
-                .map_err(|e| invalid(key, format!("is not a cron expression ({e})")))?;
+            ("purge_token_jtis_cron", &self.purge_token_jtis_cron),
+            ("purge_events_cron", &self.purge_events_cron),
+        ];
+        let mut schedules = BTreeMap::new();
+        for (name, expr) in expressions {
+            let schedule = crate::domain::parse_cron(expr).map_err(|e| {
+                invalid(
+                    format!("maintenance.{name}"),
+                    format!("is not a cron expression ({e})"),
+                )
+            })?;
+            schedules.insert(name, schedule);
         }
+        self.schedules = schedules;
         if self.run_lease_s == 0 {
             return Err(invalid("maintenance.run_lease_s", "must be at least 1"));
         }

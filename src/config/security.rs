@@ -4,6 +4,8 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::domain::{CallbackPolicy, KeyConfigError, KeyRing, ENCRYPTION_KEY_BYTES, MAC_KEY_BYTES};
+
 use super::{invalid, ConfigError};
 
 /// The key material (base64) of the development signing-secret encryption key
@@ -51,19 +53,28 @@ pub struct SecuritySettings {
     /// partner on a private link: `["10.20.0.0/16"]`). Checked at intake and
     /// after DNS resolution.
     pub allowed_callback_cidrs: Vec<String>,
-    /// `allowed_callback_cidrs`, parsed by [`Settings::validate`].
+    /// The callback policy of the three keys above, built once by
+    /// [`super::Settings::validate`]: what intake, the resolver and the sender use.
     #[serde(skip)]
-    pub allowed_callback_nets: Vec<ipnet::IpNet>,
+    pub callback_policy: CallbackPolicy,
     /// Keys that seal signing secrets at rest (XChaCha20-Poly1305), each
     /// `id:<base64 of 32 bytes>`. The first seals new secrets, every entry
     /// opens, so the key is rotated by prepending a new one. Default: the
     /// development key [`DEV_SIGNING_KEY_ENCRYPTION_KEY`] (logged as a warning).
     pub signing_key_encryption_keys: Vec<SecretString>,
+    /// `signing_key_encryption_keys`, parsed once by
+    /// [`super::Settings::validate`]; the signing-secret sealer is made from it.
+    #[serde(skip)]
+    pub signing_keys: KeyRing,
     /// Keys that seal outbox jobs (HMAC-SHA256 over what a job acts on, see
     /// [`crate::security::seal`]), each `id:<base64 of 32 bytes>`. The first seals new
     /// jobs, every entry verifies. Required (at least one); the default is
     /// the development key [`DEV_JOB_MAC_KEY`] (logged as a warning).
     pub job_mac_keys: Vec<SecretString>,
+    /// `job_mac_keys`, parsed once by [`super::Settings::validate`]; the job
+    /// sealer is made from it.
+    #[serde(skip)]
+    pub job_keys: KeyRing,
     /// JSON field names (case-insensitive, any depth) masked as `[REDACTED]`
     /// in stored upstream results, receiver answers in the attempt log,
     /// `last_error` strings and logs ([`crate::security::redact`]). Default:
@@ -94,9 +105,10 @@ impl SecuritySettings {
 }
 
 impl SecuritySettings {
-    /// Parses the CIDRs and key lists and trims the redacted field names.
+    /// Builds the callback policy and the key rings (once; the runtime takes
+    /// them from here) and trims the redacted field names.
     pub(super) fn check(&mut self) -> Result<(), ConfigError> {
-        self.allowed_callback_nets = self
+        let allowed = self
             .allowed_callback_cidrs
             .iter()
             .map(|c| {
@@ -108,22 +120,20 @@ impl SecuritySettings {
                 })
             })
             .collect::<Result<_, _>>()?;
-        // The same parsing the sealers use.
-        crate::domain::parse_keys(
-            &self.signing_key_encryption_keys,
-            crate::domain::ENCRYPTION_KEY_BYTES,
-        )
-        .map_err(|e| invalid("security.signing_key_encryption_keys", e.to_string()))?;
-        match crate::domain::parse_keys(&self.job_mac_keys, crate::domain::MAC_KEY_BYTES) {
-            Ok(_) => {}
-            Err(crate::domain::KeyConfigError::Empty) => {
-                return Err(invalid(
-                    "security.job_mac_keys",
-                    "needs at least one `id:base64` key (the first one seals new jobs)",
-                ))
-            }
-            Err(e) => return Err(invalid("security.job_mac_keys", e.to_string())),
-        }
+        self.callback_policy = CallbackPolicy {
+            allow_private: self.allow_private_callbacks,
+            https_only: self.https_only_callbacks,
+            allowed,
+        };
+        self.signing_keys = KeyRing::parse(&self.signing_key_encryption_keys, ENCRYPTION_KEY_BYTES)
+            .map_err(|e| invalid("security.signing_key_encryption_keys", e.to_string()))?;
+        self.job_keys = KeyRing::parse(&self.job_mac_keys, MAC_KEY_BYTES).map_err(|e| match e {
+            KeyConfigError::Empty => invalid(
+                "security.job_mac_keys",
+                "needs at least one `id:base64` key (the first one seals new jobs)",
+            ),
+            e => invalid("security.job_mac_keys", e.to_string()),
+        })?;
         for field in &mut self.redact_fields {
             *field = field.trim().to_owned();
             if field.is_empty() || field.len() > 128 {

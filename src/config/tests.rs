@@ -2,6 +2,7 @@
 
 use super::load::one_line;
 use super::*;
+use crate::domain::Role;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
@@ -112,16 +113,16 @@ fn unknown_or_empty_roles_are_named() {
                     "op".to_owned(),
                     OperationSettings {
                         method: WriteMethod::Post,
-                        path: "/x".into(),
+                        path: "/x".parse().expect("template"),
                         fallback: None,
-                        roles: Some(vec!["client".into(), "reader".into()]),
+                        roles: Some(vec![Role::Client, Role::Reader]),
                     },
                 )]
                 .into(),
                 queries: [(
                     "q".to_owned(),
                     QuerySettings {
-                        path: "/q".into(),
+                        path: "/q".parse().expect("template"),
                         cache_ttl_s: 1,
                         stale_if_error_s: 1,
                         fallback: None,
@@ -137,15 +138,19 @@ fn unknown_or_empty_roles_are_named() {
         s
     };
     assert!(base().validate().is_ok());
-    let mut s = base();
-    s.integrations
-        .get_mut("v")
-        .expect("v")
-        .operations
-        .get_mut("op")
-        .expect("op")
-        .roles = Some(vec!["client".into(), "superuser".into()]);
-    let err = s.validate().expect_err("unknown role").to_string();
+    // An unknown role name does not deserialise: the loader names the key.
+    let err = Settings::from_toml(
+        r#"
+[integrations.v]
+base_url = "https://vendor.example"
+[integrations.v.operations.op]
+method = "POST"
+path = "/x"
+roles = ["client", "superuser"]
+"#,
+    )
+    .expect_err("unknown role")
+    .to_string();
     assert!(err.contains("integrations.v.operations.op.roles"), "{err}");
     assert!(err.contains("superuser"), "{err}");
     let mut s = base();
@@ -342,33 +347,16 @@ fn event_settings_are_checked_and_named() {
 
 #[test]
 fn bad_operation_path_is_named() {
-    let mut s = Settings::defaults().expect("defaults");
-    s.integrations.insert(
-        "v".into(),
-        IntegrationSettings {
-            base_url: Url::parse("http://127.0.0.1:1").expect("url"),
-            timeout_ms: 1000,
-            max_attempts: 1,
-            retry_backoff_ms: 1,
-            max_response_bytes: 10,
-            trusted: true,
-            credential: None,
-            operations: [(
-                "op".to_owned(),
-                OperationSettings {
-                    method: WriteMethod::Post,
-                    path: "/x/{unclosed".into(),
-                    fallback: None,
-                    roles: None,
-                },
-            )]
-            .into(),
-            queries: BTreeMap::new(),
-            retry_horizon_s: 3600,
-            throttle: Default::default(),
-            breaker: Default::default(),
-        },
-    );
-    let err = s.validate().expect_err("must fail").to_string();
+    let err = Settings::from_toml(
+        r#"
+[integrations.v]
+base_url = "https://vendor.example"
+[integrations.v.operations.op]
+method = "POST"
+path = "/x/{unclosed"
+"#,
+    )
+    .expect_err("must fail")
+    .to_string();
     assert!(err.contains("integrations.v.operations.op.path"), "{err}");
 }

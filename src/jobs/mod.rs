@@ -28,9 +28,7 @@ use crate::config::Settings;
 use crate::delivery::{next_delay, AttemptOutcome, Sender, WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, DeliveryStatus, JobKind, JsonText};
 use crate::integration::resilience::{Admission, Policies, RetryBudget};
-use crate::integration::{
-    backoff, CallOutcome, Integrations, PathTemplate, UpstreamRequest, UpstreamResult,
-};
+use crate::integration::{backoff, CallOutcome, Integrations, UpstreamRequest, UpstreamResult};
 use crate::outbox::{self, AfterAttempt, AttemptRecord, ClaimedJob, Finish, Outcome};
 use crate::security::redact::Redactor;
 use crate::security::seal::{DeliverSeal, JobSealer, SealError};
@@ -694,10 +692,11 @@ async fn run_fallback(
     let Some(op) = target.operation(op_name) else {
         return defer(ctx, job, remaining).await;
     };
-    let path = match PathTemplate::parse(&op.path)
-        .map(|t| t.fill_subset(&serde_json::from_str(&job.params).unwrap_or_default()))
+    let path = match op
+        .path
+        .fill_subset(&serde_json::from_str(&job.params).unwrap_or_default())
     {
-        Ok(Ok(p)) => p,
+        Ok(p) => p,
         _ => return defer(ctx, job, remaining).await,
     };
     let Admission::Go(ticket) = policy.admit().await else {

@@ -418,7 +418,7 @@ async fn run_query(
         .and_then(|i| i.queries.get(query))
         .cloned()
         .ok_or_else(not_found)?;
-    principal.require(&crate::auth::authz::query_roles(&qsettings))?;
+    principal.require(crate::auth::authz::query_roles(&qsettings))?;
     if integrations.get(name).is_none() || policies.get(name).is_none() {
         return Err(not_found());
     }
@@ -447,7 +447,11 @@ async fn run_query(
         let integration = integrations.get_shared(name);
         let policies = policies.clone();
         let policy_name = name.to_owned();
-        let (path, query_name, qs) = (qsettings.path.clone(), query.to_owned(), raw_qs.to_owned());
+        let (path, query_name, qs) = (
+            qsettings.path.to_string(),
+            query.to_owned(),
+            raw_qs.to_owned(),
+        );
         let cap = Duration::from_secs(qsettings.cache_ttl_s);
         let stale = Duration::from_secs(qsettings.stale_if_error_s);
         async move {
@@ -832,7 +836,7 @@ async fn answer_from_fallback(
             .queries
             .get(other)?
             .path
-            .clone();
+            .to_string();
         fetch(
             target,
             policies.get(name)?,

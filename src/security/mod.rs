@@ -29,7 +29,7 @@ use secrecy::SecretString;
 
 pub use crate::domain::{
     check_literal_host, is_private_host, is_private_ip, parse_keys, CallbackPolicy, KeyConfigError,
-    KeyEntry, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN,
+    KeyEntry, KeyRing, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN,
 };
 
 /// Prefix of Standard Webhooks secrets.
@@ -117,18 +117,28 @@ impl SecretSealer {
     /// # Errors
     /// [`KeyConfigError`] for the first bad entry (1-based), without key material.
     pub fn from_keys(entries: &[SecretString]) -> Result<SecretSealer, KeyConfigError> {
-        let keys = parse_keys(entries, ENCRYPTION_KEY_BYTES)?
-            .into_iter()
+        SecretSealer::from_ring(&KeyRing::parse(entries, ENCRYPTION_KEY_BYTES)?)
+    }
+
+    /// The sealer of an already parsed key ring
+    /// (`security.signing_keys`, built when configuration is loaded).
+    ///
+    /// # Errors
+    /// [`KeyConfigError::BadLength`] if a key is not 32 bytes long.
+    pub fn from_ring(ring: &KeyRing) -> Result<SecretSealer, KeyConfigError> {
+        let keys = ring
+            .entries()
+            .iter()
             .enumerate()
             .map(|(i, (id, raw))| {
-                let cipher = XChaCha20Poly1305::new_from_slice(&raw).map_err(|_| {
+                let cipher = XChaCha20Poly1305::new_from_slice(raw).map_err(|_| {
                     KeyConfigError::BadLength {
                         entry: i + 1,
                         id: id.clone(),
                         len: raw.len(),
                     }
                 })?;
-                Ok((id, cipher))
+                Ok((id.clone(), cipher))
             })
             .collect::<Result<Vec<_>, KeyConfigError>>()?;
         Ok(SecretSealer { keys })
@@ -439,13 +449,9 @@ pub async fn reseal_signing_secrets(
 // `CallbackPolicy` itself is a plain value in `domain` (config and intake
 // validation use it); building it from the settings belongs here.
 impl CallbackPolicy {
-    /// The policy of `[security]`.
+    /// The policy of `[security]`, as configuration built it at load.
     pub fn from_settings(s: &crate::config::SecuritySettings) -> Self {
-        CallbackPolicy {
-            allow_private: s.allow_private_callbacks,
-            https_only: s.https_only_callbacks,
-            allowed: s.allowed_callback_nets.clone(),
-        }
+        s.callback_policy.clone()
     }
 }
 

@@ -111,13 +111,10 @@ impl Application {
         // Before anything records: the recorder is process-global.
         let metrics = crate::telemetry::metrics::install();
         let sealer = Arc::new(
-            SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
+            SecretSealer::from_ring(&settings.security.signing_keys)
                 .context("security.signing_key_encryption_keys")?,
         );
-        let job_sealer = Arc::new(
-            JobSealer::from_keys(&settings.security.job_mac_keys)
-                .context("security.job_mac_keys")?,
-        );
+        let job_sealer = Arc::new(JobSealer::from_ring(&settings.security.job_keys));
         let redactor = Arc::new(Redactor::from_settings(&settings));
         let settings = Arc::new(settings);
         let (primary, read) = crate::db::pools(&settings.database, true).await?;
@@ -398,7 +395,7 @@ impl SharedData {
                 state.redis,
             )),
             policies: web::Data::new(state.policies),
-            keys: web::Data::new(JwtKeys::new(&settings.auth)?),
+            keys: web::Data::new(JwtKeys::from_loaded(&settings.auth)?),
             authz: web::Data::new(crate::auth::authz::Authz::from_settings(settings)),
             settings: web::Data::new(settings.clone()),
             write_pool: web::Data::new(WritePool(state.primary)),
