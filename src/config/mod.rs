@@ -118,6 +118,10 @@ pub struct Settings {
     /// Third-party APIs by name (`[integrations.NAME]`).
     #[serde(default)]
     pub integrations: BTreeMap<String, IntegrationSettings>,
+    /// Fingerprint of the fields the parsed values were built from, set by
+    /// [`Settings::validate`]; see [`Settings::parsed`].
+    #[serde(skip)]
+    parsed_from: Option<u64>,
 }
 
 impl Settings {
@@ -142,7 +146,64 @@ impl Settings {
         self.cache.check()?;
         self.events.check()?;
         self.check_integrations()?;
+        self.parsed_from = Some(self.source_fingerprint());
         Ok(self)
+    }
+
+    /// These settings with their parsed values current: as they are when
+    /// [`Settings::validate`] built those values from the fields they have
+    /// now, otherwise validated again. A caller may change a field of loaded
+    /// settings (a test rotating a key) and still get values that match,
+    /// while the settings `main` loaded are not parsed a second time.
+    ///
+    /// # Errors
+    /// As [`Settings::validate`].
+    pub fn parsed(self) -> Result<Settings, ConfigError> {
+        if self.parsed_from == Some(self.source_fingerprint()) {
+            Ok(self)
+        } else {
+            self.validate()
+        }
+    }
+
+    /// A hash of the fields that [`Settings::validate`] builds values from
+    /// (callback policy, key rings, JWT keys, cron schedules). Kept only in
+    /// memory, never logged.
+    fn source_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+
+        use secrecy::ExposeSecret;
+
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let security = &self.security;
+        security.allow_private_callbacks.hash(&mut h);
+        security.https_only_callbacks.hash(&mut h);
+        security.allowed_callback_cidrs.hash(&mut h);
+        for keys in [
+            &security.signing_key_encryption_keys,
+            &security.job_mac_keys,
+        ] {
+            keys.len().hash(&mut h);
+            for key in keys {
+                key.expose_secret().hash(&mut h);
+            }
+        }
+        let auth = &self.auth;
+        auth.jwt_secret.expose_secret().hash(&mut h);
+        auth.algorithm.hash(&mut h);
+        auth.public_key_file.hash(&mut h);
+        auth.private_key_file.hash(&mut h);
+        let maintenance = &self.maintenance;
+        for cron in [
+            &maintenance.purge_attempt_bodies_cron,
+            &maintenance.expire_idempotency_keys_cron,
+            &maintenance.retire_signing_secrets_cron,
+            &maintenance.purge_token_jtis_cron,
+            &maintenance.purge_events_cron,
+        ] {
+            cron.hash(&mut h);
+        }
+        h.finish()
     }
 
     /// `dispatcher.max_claims` must leave room for every attempt an

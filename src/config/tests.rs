@@ -360,3 +360,20 @@ path = "/x/{unclosed"
     .to_string();
     assert!(err.contains("integrations.v.operations.op.path"), "{err}");
 }
+
+#[test]
+fn parsed_values_follow_a_changed_field() {
+    let s = Settings::defaults().expect("defaults");
+    assert!(!s.security.callback_policy.allow_private);
+    let same = s.clone().parsed().expect("parsed");
+    assert_eq!(same.security.job_keys.entries().len(), 1);
+    let mut changed = s;
+    changed.security.allow_private_callbacks = true;
+    changed.security.job_mac_keys.insert(
+        0,
+        SecretString::from("m2:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="),
+    );
+    let changed = changed.parsed().expect("parsed again");
+    assert!(changed.security.callback_policy.allow_private);
+    assert_eq!(changed.security.job_keys.entries()[0].0, "m2");
+}

@@ -79,17 +79,17 @@ impl Application {
     /// configured), binds the listener (API role) and prepares the dispatcher
     /// (worker role). Must be called inside a Tokio runtime.
     ///
-    /// The settings go through [`Settings::validate`] first, so the values
-    /// parsed from them (callback policy, key rings, JWT keys, schedules) are
-    /// those of the settings as given, even if a caller changed a field after
-    /// loading them; every runtime object below is then built once from them.
+    /// The values parsed from the settings (callback policy, key rings, JWT
+    /// keys, schedules) are those of the settings as given ([`Settings::parsed`]:
+    /// validated again only if a caller changed a field they come from after
+    /// loading); every runtime object below is built once from them.
     ///
     /// # Errors
     /// Invalid settings ([`crate::config::ConfigError`]), database unreachable
     /// or setup failed ([`crate::db::DbError`]), the address cannot be bound,
     /// or an HTTP client cannot be built.
     pub async fn build(settings: Settings, role: ServeRole) -> anyhow::Result<Application> {
-        let settings = settings.validate()?;
+        let settings = settings.parsed()?;
         if settings.auth.algorithm == "HS256"
             && settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET
         {
