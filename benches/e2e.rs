@@ -241,7 +241,7 @@ fn bench_settings(args: &Args, upstream_port: u16) -> anyhow::Result<(Settings, 
                 "create".to_owned(),
                 OperationSettings {
                     method: WriteMethod::Post,
-                    path: "/things/{id}".into(),
+                    path: "/things/{id}".parse().expect("path template"),
                     fallback: None,
                     roles: None,
                 },

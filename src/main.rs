@@ -64,9 +64,9 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Token { sub, roles, ttl } = &cli.command {
-        // Settings::load validated the keys; every failure left is a
+        // Settings::load read the keys; every failure left is a
         // configuration problem (no private key, --ttl over the maximum): 2.
-        let minted = hookrelay::auth::JwtKeys::new(&settings.auth)
+        let minted = hookrelay::auth::JwtKeys::from_loaded(&settings.auth)
             .map_err(anyhow::Error::from)
             .and_then(|keys| keys.mint(sub, roles, *ttl));
         return match minted {
@@ -115,9 +115,8 @@ fn main() -> ExitCode {
                 let url = settings.database.url.expose_secret();
                 let pool =
                     hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
-                let sealer = hookrelay::security::SecretSealer::from_keys(
-                    &settings.security.signing_key_encryption_keys,
-                )?;
+                let sealer =
+                    hookrelay::security::SecretSealer::from_ring(&settings.security.signing_keys)?;
                 let key = sealer.key_ids().next().unwrap_or_default().to_owned();
                 let report =
                     hookrelay::delivery::secrets::reseal_signing_secrets(&pool, &sealer).await?;
@@ -138,9 +137,8 @@ fn main() -> ExitCode {
                 let url = settings.database.url.expose_secret();
                 let pool =
                     hookrelay::db::connect(url, 1, std::time::Duration::from_secs(10)).await?;
-                let sealer = hookrelay::security::seal::JobSealer::from_keys(
-                    &settings.security.job_mac_keys,
-                )?;
+                let sealer =
+                    hookrelay::security::seal::JobSealer::from_ring(&settings.security.job_keys);
                 let key = sealer.key_ids().next().unwrap_or_default().to_owned();
                 let report = hookrelay::security::seal::reseal_jobs(&pool, &sealer).await?;
                 println!("re-sealed {} job rows with key `{key}`", report.resealed);

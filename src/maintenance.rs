@@ -87,32 +87,25 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// A scheduler for `[maintenance]` (expressions were validated at load).
+    /// A scheduler for `[maintenance]`, from the schedules parsed at load
+    /// ([`MaintenanceSettings::schedule`]).
     ///
     /// # Errors
-    /// An expression that does not parse.
+    /// Settings that did not go through `Settings::validate` (no schedules).
     pub fn new(pool: PgPool, settings: MaintenanceSettings) -> anyhow::Result<Self> {
+        let schedule = |task: Task, name: &str| {
+            settings
+                .schedule(name)
+                .cloned()
+                .map(|s| (task, s))
+                .ok_or_else(|| anyhow::anyhow!("maintenance.{name} was not parsed at load"))
+        };
         let schedules = vec![
-            (
-                Task::PurgeAttemptBodies,
-                parse_cron(&settings.purge_attempt_bodies_cron).map_err(anyhow::Error::msg)?,
-            ),
-            (
-                Task::ExpireIdempotencyKeys,
-                parse_cron(&settings.expire_idempotency_keys_cron).map_err(anyhow::Error::msg)?,
-            ),
-            (
-                Task::RetireSigningSecrets,
-                parse_cron(&settings.retire_signing_secrets_cron).map_err(anyhow::Error::msg)?,
-            ),
-            (
-                Task::PurgeTokenJtis,
-                parse_cron(&settings.purge_token_jtis_cron).map_err(anyhow::Error::msg)?,
-            ),
-            (
-                Task::PurgeEvents,
-                parse_cron(&settings.purge_events_cron).map_err(anyhow::Error::msg)?,
-            ),
+            schedule(Task::PurgeAttemptBodies, "purge_attempt_bodies_cron")?,
+            schedule(Task::ExpireIdempotencyKeys, "expire_idempotency_keys_cron")?,
+            schedule(Task::RetireSigningSecrets, "retire_signing_secrets_cron")?,
+            schedule(Task::PurgeTokenJtis, "purge_token_jtis_cron")?,
+            schedule(Task::PurgeEvents, "purge_events_cron")?,
         ];
         Ok(Scheduler {
             pool,

@@ -197,22 +197,18 @@ pub fn find(method: &Method, pattern: &str) -> Option<&'static Rule> {
         .find(|r| r.path == pattern && r.method == method.as_str())
 }
 
-/// Parses a validated role list, or the default when none is configured.
-fn roles_of(configured: Option<&[String]>, default: &[&str]) -> Vec<Role> {
-    match configured {
-        Some(names) => names.iter().filter_map(|n| Role::parse(n)).collect(),
-        None => default.iter().filter_map(|n| Role::parse(n)).collect(),
-    }
+/// The roles allowed to send commands to `operation` (parsed at load), or
+/// the default when none are configured.
+pub fn operation_roles(operation: &OperationSettings) -> &[Role] {
+    operation
+        .roles
+        .as_deref()
+        .unwrap_or(DEFAULT_OPERATION_ROLES)
 }
 
-/// The roles allowed to send commands to `operation`.
-pub fn operation_roles(operation: &OperationSettings) -> Vec<Role> {
-    roles_of(operation.roles.as_deref(), DEFAULT_OPERATION_ROLES)
-}
-
-/// The roles allowed to run `query`.
-pub fn query_roles(query: &QuerySettings) -> Vec<Role> {
-    roles_of(query.roles.as_deref(), DEFAULT_QUERY_ROLES)
+/// The roles allowed to run `query` (parsed at load), or the default.
+pub fn query_roles(query: &QuerySettings) -> &[Role] {
+    query.roles.as_deref().unwrap_or(DEFAULT_QUERY_ROLES)
 }
 
 /// The per-operation and per-query role lists folded into what the layer can
@@ -229,12 +225,12 @@ pub struct Authz {
 impl Authz {
     /// Folds `[integrations]` into the union of allowed roles.
     pub fn from_settings(settings: &Settings) -> Self {
-        let union = |lists: Vec<Vec<Role>>, default: &[&str]| {
+        let union = |lists: Vec<&[Role]>, default: &[Role]| {
             if lists.is_empty() {
-                return roles_of(None, default);
+                return default.to_vec();
             }
             let mut all: Vec<Role> = Vec::new();
-            for role in lists.into_iter().flatten() {
+            for &role in lists.into_iter().flatten() {
                 if !all.contains(&role) {
                     all.push(role);
                 }

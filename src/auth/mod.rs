@@ -137,11 +137,24 @@ impl JwtKeys {
     /// under 32 bytes (HS256), or a key file that is missing, unreadable or not
     /// a PEM key of the algorithm's type.
     pub fn new(settings: &AuthSettings) -> Result<Self, ConfigError> {
+        Ok(JwtKeys::with_keys(settings, settings.token_keys()?))
+    }
+
+    /// As [`JwtKeys::new`], with the keys read when configuration was loaded
+    /// ([`AuthSettings::loaded_keys`]): what the service and the CLI use.
+    ///
+    /// # Errors
+    /// As [`JwtKeys::new`], only for settings that were not loaded.
+    pub fn from_loaded(settings: &AuthSettings) -> Result<Self, ConfigError> {
+        Ok(JwtKeys::with_keys(settings, settings.loaded_keys()?))
+    }
+
+    fn with_keys(settings: &AuthSettings, keys: TokenKeys) -> Self {
         let TokenKeys {
             algorithm,
             encoding,
             decoding,
-        } = settings.token_keys()?;
+        } = keys;
         let issuer = Some(settings.issuer.trim().to_owned()).filter(|s| !s.is_empty());
         let audience = Some(settings.audience.trim().to_owned()).filter(|s| !s.is_empty());
         // Exactly one algorithm: the header's `alg` must be it (no `none`, no
@@ -166,7 +179,7 @@ impl JwtKeys {
         // (jsonwebtoken checks only exp/nbf/sub/iss/aud here; `jti` is
         // checked in `verify`.)
         validation.set_required_spec_claims(&required);
-        Ok(JwtKeys {
+        JwtKeys {
             algorithm,
             encoding,
             decoding,
@@ -176,7 +189,7 @@ impl JwtKeys {
             issuer,
             audience,
             require_jti: settings.require_jti,
-        })
+        }
     }
 
     /// Whether POSTs consume the token's `jti` (`auth.require_jti`).

@@ -28,7 +28,6 @@ use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, IdempotencyKey, 
 use crate::http::body::{check_json_content_type, parse_json, read_limited};
 use crate::http::error::{ApiError, Problem};
 use crate::http::state::Shared;
-use crate::integration::PathTemplate;
 use crate::query::{self, CallbackState, StatusDocument};
 use crate::security::SecretSealer;
 
@@ -328,22 +327,21 @@ fn validate(
                 ),
             )
         })?;
-    principal.require(&crate::auth::authz::operation_roles(operation))?;
+    principal.require(crate::auth::authz::operation_roles(operation))?;
     let params_text = request
         .params
         .unwrap_or_else(|| JsonText::from_value(&Value::Object(serde_json::Map::new())));
     let params: serde_json::Map<String, Value> = serde_json::from_str(params_text.as_str())
         .map_err(|e| ApiError::validation("params", format!("must be a JSON object: {e}")))?;
     check_params_size(&params, &settings.commands)?;
-    let template = PathTemplate::parse(&operation.path)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("operation path became invalid: {e}")))?;
-    let path = template
+    let path = operation
+        .path
         .fill(&params)
         .map_err(|(field, message)| ApiError::validation(field, message))?;
     let callback = CallbackUrl::parse(
         &request.callback_url,
         settings.commands.max_callback_url_len,
-        &crate::security::CallbackPolicy::from_settings(&settings.security),
+        &settings.security.callback_policy,
     )
     .map_err(|m| ApiError::validation("callback_url", m))?;
     let params = Value::Object(params);

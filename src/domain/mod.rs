@@ -3,11 +3,11 @@
 //!
 //! Request fields are parsed into these at the edge (parse, don't validate);
 //! the rest of the code can rely on them without re-checking. The shared
-//! parsers are rotatable key lists ([`parse_keys`]), the callback address
-//! policy ([`CallbackPolicy`], [`is_private_ip`]), roles ([`Role`]), upstream
-//! path templates ([`PathTemplate`]) and cron expressions ([`parse_cron`]):
-//! `config` validates settings with them and the modules that build runtime
-//! objects from those settings use the same code.
+//! parsers are rotatable key lists ([`parse_keys`], [`KeyRing`]), the callback
+//! address policy ([`CallbackPolicy`], [`is_private_ip`]), roles ([`Role`]),
+//! upstream path templates ([`PathTemplate`]) and cron expressions
+//! ([`parse_cron`]): `config` parses settings into them once, at load, and
+//! the modules that build runtime objects take the parsed values.
 //!
 //! This is the bottom of the module graph: it imports no other module of the
 //! crate (`scripts/check_cycles.py`, run by CI, keeps the graph acyclic).
@@ -353,6 +353,38 @@ pub fn parse_keys(
     Ok(keys)
 }
 
+/// A parsed rotatable key list (see [`parse_keys`]): at least one key, the
+/// first one current. Built once from configuration; the sealers are made
+/// from it without parsing again. `Debug` shows key ids only.
+#[derive(Clone, Default)]
+pub struct KeyRing(Vec<KeyEntry>);
+
+impl KeyRing {
+    /// Parses `id:base64` entries of `key_len` bytes ([`parse_keys`]).
+    ///
+    /// # Errors
+    /// [`KeyConfigError`] for the first bad entry, without key material.
+    pub fn parse(entries: &[SecretString], key_len: usize) -> Result<KeyRing, KeyConfigError> {
+        parse_keys(entries, key_len).map(KeyRing)
+    }
+
+    /// The keys, the current (sealing) one first.
+    pub fn entries(&self) -> &[KeyEntry] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field(
+                "key_ids",
+                &self.0.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 fn is_key_id(id: &str) -> bool {
     (1..=MAX_KEY_ID_LEN).contains(&id.len())
         && id
@@ -500,8 +532,11 @@ fn is_private_v6(ip: Ipv6Addr) -> bool {
         || s[0] == 0x5f00 // 5f00::/16 SRv6 SIDs (RFC 9602)
 }
 
-/// A role from the token's `roles` claim. Unknown role names are ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A role from the token's `roles` claim (unknown role names there are
+/// ignored), or from a configured role list (`integrations.NAME.operations.OP.roles`,
+/// where an unknown name is a configuration error naming the key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Role {
     /// Sends commands, reads its own commands, manages its own signing secret.
     Client,
@@ -532,6 +567,19 @@ impl Role {
     }
 }
 
+impl TryFrom<String> for Role {
+    type Error = String;
+
+    /// A configured role name.
+    ///
+    /// # Errors
+    /// A sentence naming the unknown role and the known ones.
+    fn try_from(name: String) -> Result<Role, String> {
+        Role::parse(&name)
+            .ok_or_else(|| format!("unknown role `{name}`; roles are client, reader and admin"))
+    }
+}
+
 /// One piece of a path template: literal text or a `{name}` placeholder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Segment {
@@ -539,9 +587,42 @@ pub(crate) enum Segment {
     Param(String),
 }
 
-/// A parsed path template such as `/things/{thing_id}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed path template such as `/things/{thing_id}`. Configuration
+/// deserialises `integrations.NAME.operations.OP.path` (and query paths)
+/// straight into it, so a bad template fails at load, naming the key, and
+/// nothing parses a template again at run time. It displays as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PathTemplate(pub(crate) Vec<Segment>);
+
+impl TryFrom<String> for PathTemplate {
+    type Error = String;
+
+    fn try_from(template: String) -> Result<PathTemplate, String> {
+        PathTemplate::parse(&template)
+    }
+}
+
+impl FromStr for PathTemplate {
+    type Err = String;
+
+    fn from_str(template: &str) -> Result<PathTemplate, String> {
+        PathTemplate::parse(template)
+    }
+}
+
+impl fmt::Display for PathTemplate {
+    /// The template as written (`/things/{thing_id}`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for segment in &self.0 {
+            match segment {
+                Segment::Literal(text) => f.write_str(text)?,
+                Segment::Param(name) => write!(f, "{{{name}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
 
 impl PathTemplate {
     /// Parses a template: starts with `/`; `{name}` placeholders with names of

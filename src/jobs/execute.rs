@@ -12,7 +12,7 @@ use crate::config::FallbackSettings;
 use crate::delivery::{WebhookBody, WebhookData};
 use crate::domain::{CommandStatus, JsonText};
 use crate::integration::guarded::{Counting, Guarded, GuardedCall};
-use crate::integration::{backoff, CallOutcome, PathTemplate, UpstreamRequest, UpstreamResult};
+use crate::integration::{backoff, CallOutcome, UpstreamRequest, UpstreamResult};
 use crate::outbox::{self, Claimed, Finish, Outcome};
 use crate::security::seal::{DeliverSeal, ExecuteSeal};
 
@@ -194,10 +194,11 @@ async fn run_fallback(
     let Some(op) = target.operation(op_name) else {
         return defer(ctx, lease, remaining).await;
     };
-    let path = match PathTemplate::parse(&op.path)
-        .map(|t| t.fill_subset(&serde_json::from_str(&job.params).unwrap_or_default()))
+    let path = match op
+        .path
+        .fill_subset(&serde_json::from_str(&job.params).unwrap_or_default())
     {
-        Ok(Ok(p)) => p,
+        Ok(p) => p,
         _ => return defer(ctx, lease, remaining).await,
     };
     let guard = GuardedCall {

@@ -10,7 +10,7 @@ pub mod secrets;
 pub mod ssrf;
 
 pub use crate::domain::{
-    parse_keys, KeyConfigError, KeyEntry, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN,
+    parse_keys, KeyConfigError, KeyEntry, KeyRing, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN,
 };
 pub use secrets::{
     new_signing_secret, OpenError, SealError, SecretSealer, NONCE_BYTES, SECRET_BYTES,

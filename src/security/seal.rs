@@ -135,6 +135,14 @@ impl JobSealer {
         Ok(JobSealer { keys })
     }
 
+    /// The sealer of an already parsed key ring (`security.job_keys`, built
+    /// when configuration is loaded).
+    pub fn from_ring(ring: &crate::domain::KeyRing) -> JobSealer {
+        JobSealer {
+            keys: ring.entries().to_vec(),
+        }
+    }
+
     /// Configured key ids, the sealing one first.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|(id, _)| id.as_str())

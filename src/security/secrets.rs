@@ -18,7 +18,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::TryRng;
 use secrecy::SecretString;
 
-use crate::domain::{parse_keys, KeyConfigError, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN};
+use crate::domain::{KeyConfigError, KeyRing, ENCRYPTION_KEY_BYTES, MAX_KEY_ID_LEN};
 
 /// Prefix of Standard Webhooks secrets.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -99,18 +99,28 @@ impl SecretSealer {
     /// # Errors
     /// [`KeyConfigError`] for the first bad entry (1-based), without key material.
     pub fn from_keys(entries: &[SecretString]) -> Result<SecretSealer, KeyConfigError> {
-        let keys = parse_keys(entries, ENCRYPTION_KEY_BYTES)?
-            .into_iter()
+        SecretSealer::from_ring(&KeyRing::parse(entries, ENCRYPTION_KEY_BYTES)?)
+    }
+
+    /// The sealer of an already parsed key ring
+    /// (`security.signing_keys`, built when configuration is loaded).
+    ///
+    /// # Errors
+    /// [`KeyConfigError::BadLength`] if a key is not 32 bytes long.
+    pub fn from_ring(ring: &KeyRing) -> Result<SecretSealer, KeyConfigError> {
+        let keys = ring
+            .entries()
+            .iter()
             .enumerate()
             .map(|(i, (id, raw))| {
-                let cipher = XChaCha20Poly1305::new_from_slice(&raw).map_err(|_| {
+                let cipher = XChaCha20Poly1305::new_from_slice(raw).map_err(|_| {
                     KeyConfigError::BadLength {
                         entry: i + 1,
                         id: id.clone(),
                         len: raw.len(),
                     }
                 })?;
-                Ok((id, cipher))
+                Ok((id.clone(), cipher))
             })
             .collect::<Result<Vec<_>, KeyConfigError>>()?;
         Ok(SecretSealer { keys })

@@ -13,13 +13,9 @@ pub use crate::domain::{check_literal_host, is_private_host, is_private_ip, Call
 // `CallbackPolicy` itself is a plain value in `domain` (config and intake
 // validation use it); building it from the settings belongs here.
 impl CallbackPolicy {
-    /// The policy of `[security]`.
+    /// The policy of `[security]`, as configuration built it at load.
     pub fn from_settings(s: &crate::config::SecuritySettings) -> Self {
-        CallbackPolicy {
-            allow_private: s.allow_private_callbacks,
-            https_only: s.https_only_callbacks,
-            allowed: s.allowed_callback_nets.clone(),
-        }
+        s.callback_policy.clone()
     }
 }
 

@@ -86,6 +86,7 @@ impl Application {
     /// Database unreachable or setup failed ([`crate::db::DbError`]), the
     /// address cannot be bound, or an HTTP client cannot be built.
     pub async fn build(settings: Settings, role: ServeRole) -> anyhow::Result<Application> {
+        let settings = settings.parsed()?;
         if settings.auth.algorithm == "HS256"
             && settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET
         {
@@ -114,13 +115,10 @@ impl Application {
         // Before anything records: the recorder is process-global.
         let metrics = crate::telemetry::metrics::install();
         let sealer = Arc::new(
-            SecretSealer::from_keys(&settings.security.signing_key_encryption_keys)
+            SecretSealer::from_ring(&settings.security.signing_keys)
                 .context("security.signing_key_encryption_keys")?,
         );
-        let job_sealer = Arc::new(
-            JobSealer::from_keys(&settings.security.job_mac_keys)
-                .context("security.job_mac_keys")?,
-        );
+        let job_sealer = Arc::new(JobSealer::from_ring(&settings.security.job_keys));
         let redactor = Arc::new(Redactor::from_settings(&settings));
         let settings = Arc::new(settings);
         let (primary, read) = crate::db::pools(&settings.database, true).await?;
@@ -203,7 +201,7 @@ impl Application {
         } else {
             (None, None, Vec::new(), None)
         };
-        let listeners = JwtKeys::new(&settings.auth)
+        let listeners = JwtKeys::from_loaded(&settings.auth)
             .map_err(anyhow::Error::from)
             .and_then(|keys| {
                 let state = AppState {

@@ -265,7 +265,7 @@ pub fn test_settings(upstream: &str) -> Settings {
             n.to_owned(),
             OperationSettings {
                 method: m,
-                path: p.to_owned(),
+                path: p.parse().expect("path template"),
                 fallback: None,
                 roles: None,
             },
@@ -286,7 +286,7 @@ pub fn test_settings(upstream: &str) -> Settings {
             queries: [(
                 "get_json".to_owned(),
                 QuerySettings {
-                    path: "/json".into(),
+                    path: "/json".parse().expect("path template"),
                     cache_ttl_s: 60,
                     stale_if_error_s: 300,
                     fallback: None,

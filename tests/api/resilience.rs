@@ -264,7 +264,8 @@ async fn fallback_answers_while_the_primary_breaker_is_open_and_says_so() {
         let mut b = httpbin(s).clone();
         b.base_url = backup_uri.parse().expect("url");
         b.operations.retain(|k, _| k == "create_thing");
-        b.operations.get_mut("create_thing").expect("op").path = "/backup/{thing_id}".into();
+        b.operations.get_mut("create_thing").expect("op").path =
+            "/backup/{thing_id}".parse().expect("template");
         s.integrations.insert("backup".into(), b);
         let h = httpbin(s);
         h.max_attempts = 1;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use hookrelay::domain::Role;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use wiremock::matchers::method;
@@ -381,13 +382,13 @@ async fn idempotency_key_can_be_made_mandatory() {
 async fn operation_and_query_roles_are_enforced() {
     let app = spawn_app_with(|s| {
         let httpbin = s.integrations.get_mut("httpbin").expect("httpbin");
-        httpbin.operations.get_mut("ping").expect("ping").roles = Some(vec!["admin".into()]);
+        httpbin.operations.get_mut("ping").expect("ping").roles = Some(vec![Role::Admin]);
         httpbin
             .operations
             .get_mut("delete_thing")
             .expect("delete_thing")
-            .roles = Some(vec!["client".into(), "reader".into()]);
-        httpbin.queries.get_mut("get_json").expect("get_json").roles = Some(vec!["admin".into()]);
+            .roles = Some(vec![Role::Client, Role::Reader]);
+        httpbin.queries.get_mut("get_json").expect("get_json").roles = Some(vec![Role::Admin]);
     })
     .await;
     mount_echo(&app).await;

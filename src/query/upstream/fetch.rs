@@ -59,7 +59,7 @@ pub(super) async fn answer_from_fallback(
             .queries
             .get(other)?
             .path
-            .clone();
+            .to_string();
         fetch(
             target,
             policies.get(name)?,

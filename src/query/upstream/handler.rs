@@ -158,7 +158,7 @@ pub(super) async fn run_query(
         .and_then(|i| i.queries.get(query))
         .cloned()
         .ok_or_else(not_found)?;
-    principal.require(&crate::auth::authz::query_roles(&qsettings))?;
+    principal.require(crate::auth::authz::query_roles(&qsettings))?;
     if integrations.get(name).is_none() || policies.get(name).is_none() {
         return Err(not_found());
     }
@@ -187,7 +187,11 @@ pub(super) async fn run_query(
         let integration = integrations.get_shared(name);
         let policies = policies.clone();
         let policy_name = name.to_owned();
-        let (path, query_name, qs) = (qsettings.path.clone(), query.to_owned(), raw_qs.to_owned());
+        let (path, query_name, qs) = (
+            qsettings.path.to_string(),
+            query.to_owned(),
+            raw_qs.to_owned(),
+        );
         let cap = Duration::from_secs(qsettings.cache_ttl_s);
         let stale = Duration::from_secs(qsettings.stale_if_error_s);
         async move {
