@@ -20,6 +20,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+mod admission;
+mod retention;
+
+pub use admission::AdmissionSettings;
+pub use retention::RetentionSettings;
+
 /// The defaults file, embedded so the binary runs from any directory.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
@@ -123,6 +129,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Scheduled housekeeping.
     pub maintenance: MaintenanceSettings,
+    /// How long finished commands and dead letters are kept.
+    pub retention: RetentionSettings,
+    /// Bounded queues: when `POST /v1/commands` refuses new work.
+    pub admission: AdmissionSettings,
     /// Process-wide resilience settings.
     pub resilience: ResilienceSettings,
     /// The event log's push stream (SSE).
@@ -1071,6 +1081,8 @@ impl Settings {
         if self.cache.redis_timeout_ms == 0 {
             return Err(invalid("cache.redis_timeout_ms", "must be at least 1"));
         }
+        self.retention.validate()?;
+        self.admission.validate()?;
         if self.maintenance.run_lease_s == 0 {
             return Err(invalid("maintenance.run_lease_s", "must be at least 1"));
         }

@@ -160,6 +160,7 @@ impl Application {
             Some(Scheduler::new(
                 primary.clone(),
                 settings.maintenance.clone(),
+                settings.retention.clone(),
             )?)
         } else {
             None
@@ -201,12 +202,20 @@ impl Application {
         } else {
             (None, None, Vec::new(), None)
         };
+        let admission = role.api().then(|| {
+            crate::command::admission::Admission::start(
+                primary.clone(),
+                &settings.admission,
+                cancel.clone(),
+            )
+        });
         let listeners = SharedData::new(
             &settings,
             HttpState {
                 primary: primary.clone(),
                 read,
                 intake,
+                admission,
                 events,
                 sealer,
                 policies: policies.clone(),
@@ -360,6 +369,8 @@ struct HttpState {
     read: PgPool,
     /// `None` in the worker role (its admin listener takes no commands).
     intake: Option<Intake>,
+    /// Admission control of `POST /v1/commands`; `None` in the worker role.
+    admission: Option<Arc<crate::command::admission::Admission>>,
     /// The event-log tail; `None` in the worker role (no streams there).
     events: Option<EventFeed>,
     sealer: Arc<SecretSealer>,
@@ -383,6 +394,7 @@ struct SharedData {
     write_pool: web::Data<WritePool>,
     read_pool: web::Data<ReadPool>,
     intake: Option<web::Data<Intake>>,
+    admission: Option<web::Data<crate::command::admission::Admission>>,
     events: Option<web::Data<EventFeed>>,
     sealer: web::Data<SecretSealer>,
     metrics: web::Data<PrometheusHandle>,
@@ -404,6 +416,7 @@ impl SharedData {
             write_pool: web::Data::new(WritePool(state.primary)),
             read_pool: web::Data::new(ReadPool(state.read)),
             intake: state.intake.map(web::Data::new),
+            admission: state.admission.map(web::Data::from),
             events: state.events.map(web::Data::new),
             sealer: web::Data::from(state.sealer),
             metrics: web::Data::new(state.metrics),
@@ -474,6 +487,9 @@ fn http_server(
             .app_data(guard.clone());
         if let Some(intake) = d.intake {
             app = app.app_data(intake);
+        }
+        if let Some(admission) = d.admission {
+            app = app.app_data(admission);
         }
         if let Some(events) = d.events {
             app = app.app_data(events);
