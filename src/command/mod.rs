@@ -5,8 +5,11 @@
 //! idempotency key), hands it to the group-intake writer and answers
 //! `202 Accepted` only after the command and its outbox job are committed. No
 //! handler here calls a third party or a callback URL: work leaves the process
-//! only through the outbox. Logs use the target `hookrelay::command`.
+//! only through the outbox. While the outbox is over an `[admission]` bound,
+//! new commands are refused with 503 ([`admission`]). Logs use the target
+//! `hookrelay::command`.
 
+pub mod admission;
 pub mod intake;
 pub mod replay;
 
@@ -98,6 +101,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Answers 202 with `Location` and `Retry-After` once the command is durable.
 /// A repeated `Idempotency-Key` with the same request returns the existing
 /// command (header `Idempotent-Replayed: true`); with another request, 409.
+/// While the ready backlog or the outbox lag is over its `[admission]` bound,
+/// a new command gets 503 `overloaded` with `Retry-After`.
 #[utoipa::path(
     post, path = "/v1/commands", tag = "commands",
     request_body = CommandRequest,
@@ -112,7 +117,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid field (named in `field`)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Database unavailable or saturated (retry after `Retry-After` seconds)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded: the ready backlog or the outbox lag is over its `[admission]` bound (type `urn:hookrelay:problem:overloaded`, `detail` names the bound); or the database is unavailable or saturated (`unavailable`). Retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64))),
     ),
     security(("bearer" = []))
 )]
@@ -153,6 +159,17 @@ pub async fn post_command(
     let request = parse_json::<CommandRequest>(&bytes)?;
     let command = validate(&settings, &principal, request, idempotency_key)?;
     tracing::Span::current().record("command_id", tracing::field::display(command.id));
+    if let Some(admission) =
+        <Arc<admission::Admission> as crate::http::state::Component>::from_app(&req)
+    {
+        admission
+            .admit(
+                &pool.0,
+                &command.client_id,
+                command.idempotency_key.as_deref(),
+            )
+            .await?;
+    }
 
     let outcome = intake.submit(command.clone()).await?;
     let retry_after = query_state

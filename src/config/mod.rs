@@ -14,6 +14,7 @@
 //! This module is a leaf: besides external crates it imports only
 //! [`crate::domain`] (`scripts/check_cycles.py`).
 
+mod admission;
 mod auth;
 mod commands;
 mod database;
@@ -26,6 +27,7 @@ pub mod load;
 mod maintenance;
 mod query;
 mod resilience;
+mod retention;
 mod security;
 mod server;
 mod telemetry;
@@ -37,6 +39,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admission::AdmissionSettings;
 pub use auth::{AuthSettings, TokenKeys, DEV_JWT_SECRET, MAX_TOKEN_LIFETIME_S};
 pub use commands::CommandSettings;
 pub use database::{mask_url, DatabaseSettings};
@@ -52,6 +55,7 @@ pub use load::DEFAULT_CONFIG;
 pub use maintenance::MaintenanceSettings;
 pub use query::{CacheSettings, QuerySideSettings, MAX_READ_YOUR_WRITES_MS, MAX_STALENESS_MS};
 pub use resilience::ResilienceSettings;
+pub use retention::RetentionSettings;
 pub use security::{
     SecuritySettings, DEFAULT_REDACT_FIELDS, DEV_JOB_MAC_KEY, DEV_SIGNING_KEY_ENCRYPTION_KEY,
 };
@@ -105,6 +109,10 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// Scheduled housekeeping.
     pub maintenance: MaintenanceSettings,
+    /// How long finished commands and dead letters are kept.
+    pub retention: RetentionSettings,
+    /// Bounded queues: when `POST /v1/commands` refuses new work.
+    pub admission: AdmissionSettings,
     /// Process-wide resilience settings.
     pub resilience: ResilienceSettings,
     /// The event log's push stream (SSE).
@@ -141,6 +149,8 @@ impl Settings {
         self.delivery.check()?;
         self.check_max_claims()?;
         self.maintenance.check()?;
+        self.retention.check()?;
+        self.admission.check()?;
         self.resilience.check()?;
         self.query.check()?;
         self.cache.check()?;
@@ -200,6 +210,7 @@ impl Settings {
             &maintenance.retire_signing_secrets_cron,
             &maintenance.purge_token_jtis_cron,
             &maintenance.purge_events_cron,
+            &self.retention.purge_cron,
         ] {
             cron.hash(&mut h);
         }

@@ -82,6 +82,16 @@ pub enum ApiError {
         /// Seconds until it may work again.
         retry_after: String,
     },
+    /// 503 with `Retry-After` (whole seconds): the outbox backlog or lag is
+    /// over its `[admission]` bound, so a new command is refused rather than
+    /// accepted late.
+    #[error("{detail}")]
+    Overloaded {
+        /// Which bound, with the sampled value.
+        detail: String,
+        /// Seconds to wait (`admission.retry_after_s`).
+        retry_after_s: u64,
+    },
     /// 429 with `Retry-After`: calls to the upstream are throttled.
     #[error("{detail}")]
     Throttled {
@@ -136,6 +146,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable { .. } => {
                 ("upstream-unavailable", "Upstream unavailable")
             }
+            ApiError::Overloaded { .. } => ("overloaded", "Overloaded"),
             ApiError::Throttled { .. } => ("throttled", "Too many requests"),
             ApiError::RateLimited { .. } => ("rate-limited", "Rate limit exceeded"),
             ApiError::HeadersTooLarge { .. } => {
@@ -203,9 +214,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) | ApiError::UpstreamUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::UpstreamUnavailable { .. }
+            | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Throttled { .. } | ApiError::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -232,7 +243,8 @@ impl ResponseError for ApiError {
             | ApiError::Throttled { retry_after, .. } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after.as_str()));
             }
-            ApiError::RateLimited { retry_after_s, .. } => {
+            ApiError::RateLimited { retry_after_s, .. }
+            | ApiError::Overloaded { retry_after_s, .. } => {
                 resp.insert_header((header::RETRY_AFTER, retry_after_s.max(&1).to_string()));
             }
             _ => {}

@@ -160,6 +160,7 @@ impl Application {
             Some(Scheduler::new(
                 primary.clone(),
                 settings.maintenance.clone(),
+                settings.retention.clone(),
             )?)
         } else {
             None
@@ -201,6 +202,13 @@ impl Application {
         } else {
             (None, None, Vec::new(), None)
         };
+        let admission = role.api().then(|| {
+            crate::command::admission::Admission::start(
+                primary.clone(),
+                &settings.admission,
+                cancel.clone(),
+            )
+        });
         let listeners = JwtKeys::from_loaded(&settings.auth)
             .map_err(anyhow::Error::from)
             .and_then(|keys| {
@@ -220,6 +228,7 @@ impl Application {
                     )),
                     query_state: query_state.clone(),
                     intake,
+                    admission,
                     events,
                     metrics,
                 };

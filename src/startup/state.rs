@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::authz::Authz;
 use crate::auth::limits::Guard;
 use crate::auth::JwtKeys;
+use crate::command::admission::Admission;
 use crate::command::Intake;
 use crate::config::Settings;
 use crate::db::{ReadPool, WritePool};
@@ -56,6 +57,9 @@ pub struct AppState {
     /// The group-intake writers; `None` in the worker role (its admin
     /// listener takes no commands).
     pub intake: Option<Intake>,
+    /// Admission control of `POST /v1/commands` (`[admission]`); `None` in
+    /// the worker role.
+    pub admission: Option<Arc<Admission>>,
     /// The event-log tail; `None` in the worker role (no streams there).
     pub events: Option<EventFeed>,
     /// Renders `GET /metrics`.
@@ -100,5 +104,6 @@ component!(Arc<Integrations>, integrations);
 component!(Arc<QueryCache>, query_cache);
 component!(Arc<QueryState>, query_state);
 component!(Intake, intake?);
+component!(Arc<Admission>, admission?);
 component!(EventFeed, events?);
 component!(PrometheusHandle, metrics);

@@ -23,6 +23,8 @@
 //! | `hookrelay_delivery_attempt_duration_seconds` | histogram | — | wall time of webhook attempts |
 //! | `hookrelay_jobs_quarantined_total` | counter | `kind` | jobs that failed seal verification and were dead-lettered (`integrity`) without running |
 //! | `hookrelay_outbox_lag_seconds` | gauge | — | age of the oldest ready job (sampled by worker processes, [`outbox_lag`]) |
+//! | `hookrelay_intake_shed_total` | counter | `reason` | commands refused with 503 by admission control ([`intake_shed`]) |
+//! | `hookrelay_ready_backlog` | gauge | — | ready outbox jobs, sampled by API processes for admission control, capped at `admission.max_ready_backlog` + 1 ([`ready_backlog`]) |
 //! | `hookrelay_command_delivery_latency_seconds` | histogram | `integration` | command accepted → its callback delivered ([`command_delivery_latency`]) |
 //! | `hookrelay_cache_requests_total` | counter | `endpoint`, `outcome` | read-side cache lookups ([`cache_request`]); hit ratio = `hit` / all |
 //! | `hookrelay_query_duration_seconds` | histogram | `endpoint` | wall time of read-side requests ([`query_answered`]) |
@@ -74,6 +76,10 @@ pub const DELIVERY_DURATION: &str = "hookrelay_delivery_attempt_duration_seconds
 pub const JOBS_QUARANTINED: &str = "hookrelay_jobs_quarantined_total";
 /// Age of the oldest ready job, seconds (gauge).
 pub const OUTBOX_LAG: &str = "hookrelay_outbox_lag_seconds";
+/// Commands refused by admission control, label `reason` (counter).
+pub const INTAKE_SHED: &str = "hookrelay_intake_shed_total";
+/// Ready outbox jobs as sampled for admission control (gauge).
+pub const READY_BACKLOG: &str = "hookrelay_ready_backlog";
 /// Command accepted → callback delivered, seconds (histogram).
 pub const DELIVERY_LATENCY: &str = "hookrelay_command_delivery_latency_seconds";
 
@@ -218,6 +224,14 @@ fn describe() {
         metrics::Unit::Seconds,
         "Age of the oldest ready outbox job (run_at <= now, not leased): how long work waits for a worker. 0 when nothing is ready."
     );
+    describe_counter!(
+        INTAKE_SHED,
+        "POST /v1/commands refused with 503 (overloaded) by admission control, by reason: ready_backlog, outbox_lag."
+    );
+    describe_gauge!(
+        READY_BACKLOG,
+        "Ready outbox jobs (run_at <= now, not leased) as last sampled by this API process for admission control; counted up to admission.max_ready_backlog + 1, 0 when that bound is off."
+    );
     describe_histogram!(
         DELIVERY_LATENCY,
         metrics::Unit::Seconds,
@@ -243,6 +257,19 @@ pub fn job_quarantined(kind: &str) {
 /// seconds (0 when none is ready). Sampled by every worker process.
 pub fn outbox_lag(seconds: f64) {
     gauge!(OUTBOX_LAG).set(seconds);
+}
+
+/// A command was refused by admission control
+/// (`hookrelay_intake_shed_total`); `reason` is `"ready_backlog"` or
+/// `"outbox_lag"`.
+pub fn intake_shed(reason: &'static str) {
+    counter!(INTAKE_SHED, "reason" => reason).increment(1);
+}
+
+/// Sets `hookrelay_ready_backlog`: the ready outbox jobs last sampled by
+/// this API process (capped at `admission.max_ready_backlog` + 1).
+pub fn ready_backlog(jobs: f64) {
+    gauge!(READY_BACKLOG).set(jobs);
 }
 
 /// A command's callback was delivered `seconds` after the command was
@@ -434,6 +461,8 @@ mod tests {
             CACHE_ERRORS,
             LONG_POLL_WAITERS,
             LONG_POLL_READS,
+            INTAKE_SHED,
+            READY_BACKLOG,
         ];
         let rules = include_str!("../../docs/alerts.yml");
         let used: Vec<&str> = rules

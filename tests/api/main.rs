@@ -4,6 +4,7 @@
 mod abuse;
 mod auth;
 mod authz;
+mod bounds;
 mod cli;
 mod crash;
 mod database;

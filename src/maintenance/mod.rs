@@ -20,10 +20,16 @@
 //!   whose token has expired, since an expired token is refused anyway;
 //! - `purge_events`: delete event-log rows (`command_events`, the SSE
 //!   history) older than `event_retention_s`;
+//! - `purge_finished` (cron `retention.purge_cron`): delete finished commands
+//!   with their deliveries, attempts and events after `[retention]`
+//!   (`finished_days`, `dead_letter_days`), 1,000 commands per statement
+//!   ([`retention`]);
 //! - run records older than 7 days are dropped hourly by the scheduler; a run
 //!   that failed 5 times is not claimed again (its `last_error` says why).
 //!
 //! Finished outbox jobs need no purge: they are deleted when they finish.
+
+pub mod retention;
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +38,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::MaintenanceSettings;
+use crate::config::{MaintenanceSettings, RetentionSettings};
 
 pub use crate::domain::parse_cron;
 
@@ -52,6 +58,8 @@ pub enum Task {
     PurgeTokenJtis,
     /// Delete events older than the event retention.
     PurgeEvents,
+    /// Delete finished commands past `[retention]`, with their children.
+    PurgeFinished,
 }
 
 impl Task {
@@ -63,6 +71,7 @@ impl Task {
             Task::RetireSigningSecrets => "retire_signing_secrets",
             Task::PurgeTokenJtis => "purge_token_jtis",
             Task::PurgeEvents => "purge_events",
+            Task::PurgeFinished => "purge_finished",
         }
     }
 
@@ -73,6 +82,7 @@ impl Task {
             Task::RetireSigningSecrets,
             Task::PurgeTokenJtis,
             Task::PurgeEvents,
+            Task::PurgeFinished,
         ]
         .into_iter()
         .find(|t| t.name() == name)
@@ -83,16 +93,22 @@ impl Task {
 pub struct Scheduler {
     pool: PgPool,
     settings: MaintenanceSettings,
+    retention: RetentionSettings,
     schedules: Vec<(Task, cron::Schedule)>,
 }
 
 impl Scheduler {
-    /// A scheduler for `[maintenance]`, from the schedules parsed at load
-    /// ([`MaintenanceSettings::schedule`]).
+    /// A scheduler for `[maintenance]` and `[retention]`, from the schedules
+    /// parsed at load ([`MaintenanceSettings::schedule`],
+    /// [`RetentionSettings::schedule`]).
     ///
     /// # Errors
     /// Settings that did not go through `Settings::validate` (no schedules).
-    pub fn new(pool: PgPool, settings: MaintenanceSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        pool: PgPool,
+        settings: MaintenanceSettings,
+        retention: RetentionSettings,
+    ) -> anyhow::Result<Self> {
         let schedule = |task: Task, name: &str| {
             settings
                 .schedule(name)
@@ -106,10 +122,17 @@ impl Scheduler {
             schedule(Task::RetireSigningSecrets, "retire_signing_secrets_cron")?,
             schedule(Task::PurgeTokenJtis, "purge_token_jtis_cron")?,
             schedule(Task::PurgeEvents, "purge_events_cron")?,
+            (
+                Task::PurgeFinished,
+                retention.schedule().cloned().ok_or_else(|| {
+                    anyhow::anyhow!("retention.purge_cron was not parsed at load")
+                })?,
+            ),
         ];
         Ok(Scheduler {
             pool,
             settings,
+            retention,
             schedules,
         })
     }
@@ -172,7 +195,7 @@ impl Scheduler {
 
     async fn execute(&self, run: ClaimedRun) {
         let result = match Task::parse(&run.task) {
-            Some(task) => execute(&self.pool, &self.settings, task).await,
+            Some(task) => execute(&self.pool, &self.settings, &self.retention, task).await,
             None => Ok(0),
         };
         let (affected, error) = match &result {
@@ -246,56 +269,66 @@ async fn claim(pool: &PgPool, lease: Duration) -> sqlx::Result<Option<ClaimedRun
 }
 
 /// Runs one task to completion in batches; returns the rows changed.
-async fn execute(pool: &PgPool, settings: &MaintenanceSettings, task: Task) -> sqlx::Result<u64> {
-    let statement = match task {
-        Task::PurgeAttemptBodies => {
+async fn execute(
+    pool: &PgPool,
+    settings: &MaintenanceSettings,
+    retention: &RetentionSettings,
+    task: Task,
+) -> sqlx::Result<u64> {
+    // (statement, age in seconds): each statement changes at most `$2` rows
+    // older than `$1` seconds.
+    let (statement, age) = match task {
+        Task::PurgeAttemptBodies => (
             "UPDATE delivery_attempts SET response_body = NULL
               WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM delivery_attempts
                      WHERE response_body IS NOT NULL
                        AND started_at < now() - make_interval(secs => $1)
-                     LIMIT $2))"
-        }
-        Task::ExpireIdempotencyKeys => {
+                     LIMIT $2))",
+            settings.attempt_body_retention_s,
+        ),
+        Task::ExpireIdempotencyKeys => (
             "UPDATE commands SET idempotency_key = NULL
               WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM commands
                      WHERE idempotency_key IS NOT NULL
                        AND status IN ('succeeded', 'failed')
                        AND created_at < now() - make_interval(secs => $1)
-                     LIMIT $2))"
-        }
-        Task::RetireSigningSecrets => {
+                     LIMIT $2))",
+            settings.idempotency_key_ttl_s,
+        ),
+        Task::RetireSigningSecrets => (
             "DELETE FROM signing_secrets
               WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM signing_secrets
                      WHERE expires_at IS NOT NULL AND expires_at < now() - make_interval(secs => $1)
-                     LIMIT $2))"
-        }
-        Task::PurgeTokenJtis => {
+                     LIMIT $2))",
+            0,
+        ),
+        Task::PurgeTokenJtis => (
             "DELETE FROM token_jtis
               WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM token_jtis
                      WHERE expires_at < now() - make_interval(secs => $1)
-                     LIMIT $2))"
-        }
-        Task::PurgeEvents => {
+                     LIMIT $2))",
+            // A minute past `exp + leeway`: jsonwebtoken accepts a token until
+            // the end of its last whole second, and the API host's clock may run
+            // a little behind the database's; a spent jti must outlive both.
+            60,
+        ),
+        Task::PurgeEvents => (
             "DELETE FROM command_events
               WHERE ctid = ANY(ARRAY(
                     SELECT ctid FROM command_events
                      WHERE created_at < now() - make_interval(secs => $1)
-                     LIMIT $2))"
+                     LIMIT $2))",
+            settings.event_retention_s,
+        ),
+        Task::PurgeFinished => {
+            // Its own batched statement (several tables per command).
+            return retention::purge_finished(pool, retention, settings.idempotency_key_ttl_s)
+                .await;
         }
-    };
-    let age = match task {
-        Task::PurgeAttemptBodies => settings.attempt_body_retention_s,
-        Task::ExpireIdempotencyKeys => settings.idempotency_key_ttl_s,
-        Task::RetireSigningSecrets => 0,
-        // A minute past `exp + leeway`: jsonwebtoken accepts a token until
-        // the end of its last whole second, and the API host's clock may run
-        // a little behind the database's; a spent jti must outlive both.
-        Task::PurgeTokenJtis => 60,
-        Task::PurgeEvents => settings.event_retention_s,
     };
     let mut total = 0;
     loop {
@@ -339,6 +372,7 @@ mod tests {
             Task::RetireSigningSecrets,
             Task::PurgeTokenJtis,
             Task::PurgeEvents,
+            Task::PurgeFinished,
         ] {
             assert_eq!(Task::parse(t.name()), Some(t));
         }
