@@ -9,42 +9,35 @@
 //!
 //! # Layout
 //!
+//! One folder per responsibility, listed from the bottom of the dependency
+//! graph up:
+//!
 //! | module | what |
 //! | --- | --- |
-//! | [`config`] | typed, layered, validated settings (imports only [`domain`]) |
-//! | [`batch`] | group commit: one write per batch of concurrent callers (intake, outcomes) |
-//! | [`startup`] | `Application::build` / `run_until_stopped`: pools, HTTP server, dispatcher |
-//! | [`auth`] | JWT verification (pinned algorithm, lifetime, `jti`) → [`auth::Principal`] |
-//! | [`authz`] | the route × role table and the middleware that enforces it |
-//! | [`command`] | write side: `POST /v1/commands`, group intake, signing secret |
-//! | [`query`] | read side: status documents (cached: moka, or Redis), lists, delivery audit log (read pool, read-your-writes), upstream and batch queries |
-//! | [`events`] | the event log (trigger-written `command_events`), gap-free `(xid, id)` order, the per-process tailer and live feed |
-//! | [`outbox`] | the `jobs` table: claim with leases, conditional outcome writes |
-//! | [`dispatcher`] | the worker loop: LISTEN/NOTIFY wake-ups, concurrency, shutdown drain |
-//! | [`integration`] | upstream client: filling path templates, call, outcome classification, backoff |
-//! | [`metrics`] | Prometheus metrics (upstream calls, circuit breaker, deliveries), `GET /metrics` |
-//! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs |
-//! | [`resilience`] | per-integration throttle (GCRA, in-flight, vendor headers), circuit breaker, retry budget |
-//! | [`admin`] | admin diagnostics: `GET /v1/admin/integrations` |
-//! | [`limits`] | abuse limits middleware: per-IP / per-client rate limits, header size, admin listener split |
-//! | [`metrics`] | Prometheus series |
-//! | [`delivery`] | Standard Webhooks signer, retry schedule, webhook sender |
-//! | [`seal`] | sealed outbox jobs: HMAC seals over what a job acts on, verified before it acts |
-//! | [`redact`] | the redaction layer for stored upstream bodies, the attempt log, errors and logs |
-//! | [`security`] | SSRF-guarded resolver; signing secrets: generation, sealing at rest, storage, rotation |
-//! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses, roles, path templates) and the pure parsers config and runtime share (key lists, callback policy, cron) |
-//! | [`error`] | `application/problem+json` error policy |
-//! | [`db`] | pools ([`db::WritePool`], [`db::ReadPool`]), create-if-missing, migrations |
-//! | [`health`], [`openapi`], [`telemetry`], [`http_util`] | probes, API document, logging, HTTP and request-body helpers |
+//! | [`domain`] | newtypes valid by construction (callback URL, idempotency key, statuses, JSON kept as text) and the pure parsers config and runtime share (key rings, callback policy, roles, path templates, cron) |
+//! | [`config`] | typed, layered settings, one file per section, parsed once at load (imports only [`domain`]) |
+//! | [`db`] | pools ([`db::WritePool`], [`db::ReadPool`]), create-if-missing, migrations, transient errors, group commit ([`db::batch`]) |
+//! | [`http`] | the HTTP edge's toolkit: `application/problem+json` errors, body helpers, health probes, app-state access |
+//! | [`telemetry`] | logging and Prometheus metrics ([`telemetry::metrics`], `GET /metrics`) |
+//! | [`security`] | SSRF guard, sealing signing secrets at rest, sealed outbox jobs ([`security::seal`]), redaction ([`security::redact`]) |
+//! | [`maintenance`] | cron-scheduled housekeeping as durable, run-once maintenance runs; retention |
+//! | [`integration`] | upstream client, the one guarded call, the resilience policy ([`integration::resilience`]: throttle, circuit breaker, retry budget) |
+//! | [`delivery`] | Standard Webhooks signer and sender, retry schedule, host limits, signing-secret store, dead letters |
+//! | [`outbox`] | the `jobs` table: claim with leases, batched outcome writes, the runner (knows no job kind) |
+//! | [`jobs`] | what the runner runs: [`jobs::Job`] (`Execute`, `Deliver`), one file per kind |
+//! | [`auth`] | JWT verification → [`auth::Principal`], the route × role table ([`auth::authz`]), abuse limits ([`auth::limits`]) |
+//! | [`query`] | read side: one file per resource, status cache, long-poll, SSE over the event log, cached upstream queries |
+//! | [`command`] | write side: `POST /v1/commands`, admission control, group intake, signing secret, dead-letter replay |
+//! | [`startup`] | the root: `Application::build` / `run_until_stopped`, `AppState`, routes, OpenAPI |
 //! | [`testing`] | test support: what integration tests and benches use besides HTTP, the CLI and [`startup::Application`] |
 //!
 //! # Dependencies
 //!
-//! Modules import downwards only, with no cycles: [`domain`], [`batch`] and
-//! [`metrics`] are leaves, [`config`] imports only [`domain`], the services sit
-//! above them, the HTTP handlers and the [`dispatcher`] are the edges, and
-//! [`startup`] is the root that nothing imports. CI checks it with
-//! `scripts/check_cycles.py` (see `docs/architecture.md`, "Dependencies").
+//! Modules import downwards only, with no cycles: [`domain`] is the leaf,
+//! [`config`] imports only [`domain`], the services sit above them, the HTTP
+//! handlers and [`jobs`] are the edges, and [`startup`] is the root that
+//! nothing imports. CI checks it with `scripts/check_cycles.py` (see
+//! `docs/architecture.md`, "Dependencies").
 
 pub mod auth;
 pub mod command;
