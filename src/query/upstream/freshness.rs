@@ -55,6 +55,35 @@ impl Directives {
     }
 }
 
+/// `Cache-Control` with every `max-age` / `s-maxage` value too large to
+/// represent taken as 2^31 s, as RFC 9111 §1.2.2 requires ("the greatest
+/// integer it can represent"), instead of a value the crate would refuse (and
+/// with it the whole response's freshness).
+fn clamp_deltas(cache_control: &str) -> String {
+    cache_control
+        .split(',')
+        .map(|directive| match directive.split_once('=') {
+            Some((name, value))
+                if matches!(
+                    name.trim().to_ascii_lowercase().as_str(),
+                    "max-age" | "s-maxage"
+                ) =>
+            {
+                let digits = value.trim().trim_matches('"');
+                match digits.parse::<u64>() {
+                    Ok(v) if v <= 1 << 31 => directive.to_owned(),
+                    Err(_) if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.is_empty() => {
+                        directive.to_owned()
+                    }
+                    _ => format!("{}={}", name.trim(), 1u64 << 31),
+                }
+            }
+            _ => directive.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Freshness allowed by the response headers, capped by `cap`: `(fresh for —
 /// `None` = do not store —, private, stale-if-error)`.
 pub(super) fn freshness(
@@ -63,8 +92,12 @@ pub(super) fn freshness(
     cap: Duration,
 ) -> (Option<Duration>, bool, Option<Duration>) {
     let directives = Directives::parse(cache_control);
+    let cache_control = cache_control.map(clamp_deltas);
     let mut response = http::Response::builder().status(200);
-    for (name, value) in [("cache-control", cache_control), ("expires", expires)] {
+    for (name, value) in [
+        ("cache-control", cache_control.as_deref()),
+        ("expires", expires),
+    ] {
         if let Some(v) = value.and_then(|v| http::HeaderValue::from_str(v).ok()) {
             response = response.header(name, v);
         }
@@ -146,6 +179,11 @@ mod tests {
             cap,
         );
         let stale = stale.expect("stale-if-error");
+        assert_eq!(
+            freshness(Some("max-age=18446744073709551616"), None, cap).0,
+            Some(cap),
+            "a max-age beyond 64 bits is 2^31 s, then capped"
+        );
         assert_eq!(stale, Duration::from_secs(1 << 31));
         let entry = Entry {
             status: 200,
