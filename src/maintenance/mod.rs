@@ -63,6 +63,16 @@ pub enum Task {
 }
 
 impl Task {
+    /// Every task, in scheduling order.
+    pub const ALL: [Task; 6] = [
+        Task::PurgeAttemptBodies,
+        Task::ExpireIdempotencyKeys,
+        Task::RetireSigningSecrets,
+        Task::PurgeTokenJtis,
+        Task::PurgeEvents,
+        Task::PurgeFinished,
+    ];
+
     /// Name as stored in `maintenance_runs.task`.
     pub fn name(self) -> &'static str {
         match self {
@@ -76,16 +86,7 @@ impl Task {
     }
 
     fn parse(name: &str) -> Option<Task> {
-        [
-            Task::PurgeAttemptBodies,
-            Task::ExpireIdempotencyKeys,
-            Task::RetireSigningSecrets,
-            Task::PurgeTokenJtis,
-            Task::PurgeEvents,
-            Task::PurgeFinished,
-        ]
-        .into_iter()
-        .find(|t| t.name() == name)
+        Task::ALL.into_iter().find(|t| t.name() == name)
     }
 }
 
@@ -366,14 +367,7 @@ mod tests {
 
     #[test]
     fn task_names_round_trip() {
-        for t in [
-            Task::PurgeAttemptBodies,
-            Task::ExpireIdempotencyKeys,
-            Task::RetireSigningSecrets,
-            Task::PurgeTokenJtis,
-            Task::PurgeEvents,
-            Task::PurgeFinished,
-        ] {
+        for t in Task::ALL {
             assert_eq!(Task::parse(t.name()), Some(t));
         }
     }
