@@ -35,6 +35,11 @@
 #   --port-base P      API on P, upstream on P+1, receiver on P+2 (default 18580)
 #   --json FILE        also write the results as one JSON object to FILE
 #   --keep             keep the databases and the work directory (printed) for inspection
+#   --read-status D    after the run, also read one command's (cached) status with
+#                      wrk -c64 for D (e.g. 10s) and report reads/s and p50/p99
+#   --drain N          instead of the run: fill a backlog of N commands with
+#                      `serve --role api` alone (admission control off), then start
+#                      one `serve --role worker` and report how fast it drains them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +56,8 @@ PORT_BASE=18580
 JSON_OUT=""
 KEEP=0
 SETTINGS=()
+READ_STATUS=""
+DRAIN=0
 
 usage() { sed -n '/^# Usage:/,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -68,6 +75,8 @@ while [ $# -gt 0 ]; do
         --port-base) PORT_BASE="$2"; shift 2 ;;
         --json) JSON_OUT="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --read-status) READ_STATUS="$2"; shift 2 ;;
+        --drain) DRAIN="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -282,7 +291,13 @@ for kv in "${SETTINGS[@]+"${SETTINGS[@]}"}"; do
     [ "$key" != "$kv" ] && [[ "$key" == *.* ]] || { echo "--set wants section.key=value, got $kv" >&2; exit 2; }
     ENV_SETTINGS+=("HOOKRELAY__$(tr '[:lower:]' '[:upper:]' <<<"${key//./__}")=$value")
 done
-env "${ENV_SETTINGS[@]+"${ENV_SETTINGS[@]}"}" "$BIN" serve --config "$WORK/hookrelay.toml" > "$WORK/hookrelay.log" 2>&1 &
+ROLE_ARGS=()
+if [ "$DRAIN" -gt 0 ]; then
+    # The backlog is filled by the API alone; admission control would refuse it.
+    ROLE_ARGS=(--role api)
+    ENV_SETTINGS+=(HOOKRELAY__ADMISSION__MAX_READY_BACKLOG=0 HOOKRELAY__ADMISSION__MAX_OUTBOX_LAG_MS=0)
+fi
+env "${ENV_SETTINGS[@]+"${ENV_SETTINGS[@]}"}" "$BIN" serve "${ROLE_ARGS[@]+"${ROLE_ARGS[@]}"}" --config "$WORK/hookrelay.toml" > "$WORK/hookrelay.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 300); do
     curl -fs -o /dev/null "http://127.0.0.1:$API_PORT/readyz" && break
@@ -337,6 +352,47 @@ delivered() {
 }
 commands_of() { sql "SELECT count(*) FROM commands WHERE client_id = '$1'"; }
 
+# --- drain mode: a backlog of N commands, then one worker --------------------------------
+if [ "$DRAIN" -gt 0 ]; then
+    TOKEN=$(token bench)
+    echo "filling a backlog of $DRAIN commands (serve --role api) ..." >&2
+    T_FILL=$(now)
+    while [ "$(commands_of bench)" -lt "$DRAIN" ]; do
+        run_wrk "$TOKEN" 2s "$CONNS" "$WORK/wrk-fill.txt"
+    done
+    FILLED=$(commands_of bench)
+    FILL_RATE=$(awk "BEGIN { printf \"%.0f\", $FILLED / ($(now) - $T_FILL) }")
+    kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+    RX_BASE=$(wc -l < "$WORK/nginx/callbacks.log")
+    echo "draining $FILLED commands with one serve --role worker ..." >&2
+    T0=$(now)
+    env "${ENV_SETTINGS[@]+"${ENV_SETTINGS[@]}"}" "$BIN" serve --role worker --config "$WORK/hookrelay.toml" > "$WORK/worker.log" 2>&1 &
+    SERVER=$!
+    arrived() { tail -n +"$((RX_BASE + 1))" "$WORK/nginx/callbacks.log" | awk '$3 ~ /^2/ {print $2}' | sort -u | wc -l; }
+    deadline=$(( $(date +%s) + TIMEOUT ))
+    TIMED_OUT=0
+    until [ $(($(wc -l < "$WORK/nginx/callbacks.log") - RX_BASE)) -ge "$FILLED" ] && [ "$(arrived)" -ge "$FILLED" ]; do
+        [ "$(date +%s)" -ge "$deadline" ] && { TIMED_OUT=1; break; }
+        sleep 0.2
+    done
+    T1=$(now)
+    GOT=$(arrived)
+    LAST=$(tail -n +"$((RX_BASE + 1))" "$WORK/nginx/callbacks.log" | awk 'BEGIN {m = 0} $1 > m {m = $1} END {print m}')
+    DRAIN_RATE=$(awk "BEGIN { s = $LAST - $T0; printf \"%.0f\", (s > 0) ? $GOT / s : 0 }")
+    cat <<REPORT
+
+machine: $(nproc) CPUs ($CPU_MODEL), $MEM_GIB GiB RAM; Postgres $PG_VERSION (fsync=$PG_FSYNC, synchronous_commit=$PG_SYNC_COMMIT)
+binary:  $BIN${SETTINGS[*]+; settings: ${SETTINGS[*]}}
+
+| metric                                   | value |
+| ---------------------------------------- | ----- |
+| backlog filled by serve --role api       | $FILLED commands at $FILL_RATE commands/s |
+| callbacks after one worker started       | $GOT of $FILLED$([ "$TIMED_OUT" = 1 ] && echo " (timed out after ${TIMEOUT}s)") |
+| drain rate (worker start → last callback)| $DRAIN_RATE commands/s |
+REPORT
+    exit 0
+fi
+
 if [ "$WARMUP" != 0 ]; then
     echo "warm-up ($WARMUP) ..." >&2
     run_wrk "$(token bench-warmup)" "$WARMUP" 4 "$WORK/wrk-warmup.txt"
@@ -386,6 +442,18 @@ CPU_PG_1=$([ -n "$PG_MASTER" ] && tree_ticks "$PG_MASTER" || echo 0)
 CPU_PG_OWN_TICKS=$([ -n "$PG_MASTER" ] && pg_cpu_since || echo 0)
 LSN_1=$(sql "SELECT pg_current_wal_lsn()")
 DELIVERED_DB=$(delivered bench)
+
+# Cached status reads under no write load: one command's status document.
+READS_PER_S=""; READ_P50=""; READ_P99=""
+if [ -n "$READ_STATUS" ]; then
+    ONE_ID=$(sql "SELECT id FROM commands WHERE client_id = 'bench' LIMIT 1")
+    echo "status reads: wrk -c64 -d$READ_STATUS GET /v1/commands/$ONE_ID ..." >&2
+    wrk -t"$THREADS" -c64 -d"$READ_STATUS" --latency -H "Authorization: Bearer $TOKEN" \
+        "http://127.0.0.1:$API_PORT/v1/commands/$ONE_ID" > "$WORK/wrk-read.txt"
+    READS_PER_S=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$WORK/wrk-read.txt")
+    READ_P50=$(awk '$1 == "50%" {print $2}' "$WORK/wrk-read.txt")
+    READ_P99=$(awk '$1 == "99%" {print $2}' "$WORK/wrk-read.txt")
+fi
 
 # Stop hookrelay so its connections report their last transaction counts.
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
@@ -488,6 +556,7 @@ share of what the four used together; per accepted command.
 Latency POST → callback: callback arrival (nginx \$msec) − commands.created_at.
 Failed commands (upstream error, callback still sent): $FAILED. Delivered per the database: $DELIVERED_DB.
 REPORT
+[ -n "$READ_STATUS" ] && echo "Cached status reads (wrk -c64 -d$READ_STATUS, one command): $READS_PER_S reads/s, p50 $READ_P50, p99 $READ_P99."
 
 if [ -n "$JSON_OUT" ]; then
     cat > "$JSON_OUT" <<JSON
