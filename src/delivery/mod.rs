@@ -24,6 +24,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::config::DeliverySettings;
+use crate::domain::CallbackUrl;
 use crate::http::body::{describe_transport_error, lossy_text, read_body_limited, retry_after_of};
 use crate::integration::UpstreamResult;
 use crate::security::SECRET_PREFIX;
@@ -197,16 +198,18 @@ impl Sender {
         })
     }
 
-    /// Performs one signed attempt. Never returns an error: every failure is
-    /// described in the outcome.
+    /// Performs one signed attempt to `url` (a stored URL as the claim decoded
+    /// it; the callback policy is checked again here, as it may have changed
+    /// since intake). Never returns an error: every failure is described in
+    /// the outcome.
     pub async fn attempt(
         &self,
-        url: &str,
+        url: &CallbackUrl,
         webhook_id: &str,
         secrets: &[String],
         payload: &str,
     ) -> AttemptOutcome {
-        if let Err(why) = crate::security::check_literal_host(url, &self.policy) {
+        if let Err(why) = crate::security::check_literal_host(url.as_str(), &self.policy) {
             return AttemptOutcome::not_sent(why);
         }
         let started_at = chrono::Utc::now();
@@ -215,7 +218,7 @@ impl Sender {
         let clock = Instant::now();
         let sent = self
             .client
-            .post(url)
+            .post(url.as_str())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(HEADER_ID, webhook_id)
             .header(HEADER_TIMESTAMP, timestamp.to_string())

@@ -13,7 +13,7 @@ use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use super::{DeliverJob, ExecuteJob, Job, JobCommand};
-use crate::domain::{CommandStatus, DeliveryStatus, JobKind};
+use crate::domain::{CallbackUrl, CommandStatus, DeliveryStatus, JobKind};
 use crate::outbox::{Claimed, Trigger};
 
 /// The claim statement after its `claimed` CTE (see
@@ -60,7 +60,9 @@ struct Row {
     params: String,
     command_created_at: chrono::DateTime<chrono::Utc>,
     command_status: CommandStatus,
-    url: Option<String>,
+    /// Decoded with [`CallbackUrl::from_stored`]: a stored URL that is not
+    /// one fails this row only (its job is [`Claimed::undecodable`]).
+    url: Option<CallbackUrl>,
     payload: Option<String>,
     delivery_status: Option<DeliveryStatus>,
     secrets: Option<Vec<String>>,
@@ -96,7 +98,7 @@ impl Row {
             JobKind::Deliver => Job::Deliver(DeliverJob {
                 command,
                 delivery_id: self.delivery_id.unwrap_or_default(),
-                url: self.url.unwrap_or_default(),
+                url: self.url,
                 payload: self.payload.unwrap_or_default(),
                 status: self.delivery_status,
                 secrets: self.secrets,

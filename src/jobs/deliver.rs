@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{DispatchContext, JobCommand, Lease};
 use crate::delivery::secrets::{ensure_signing_secrets, SecretStoreError};
 use crate::delivery::{next_delay, AttemptOutcome};
+use crate::domain::CallbackUrl;
 use crate::outbox::{AfterAttempt, AttemptRecord, Outcome, Trigger};
 use crate::security::seal::DeliverSeal;
 
@@ -19,8 +20,10 @@ pub struct DeliverJob {
     pub command: JobCommand,
     /// The delivery (the `webhook-id`).
     pub delivery_id: Uuid,
-    /// Callback URL of the delivery.
-    pub url: String,
+    /// Callback URL of the delivery, decoded once at claim; `None` only
+    /// when the delivery row is gone (see `status`) or the row did not
+    /// decode (the job is then ended without running).
+    pub url: Option<CallbackUrl>,
     /// The signed body, serialised once when the command finished.
     pub payload: String,
     /// Delivery status at claim time; `None` when the delivery row is gone
@@ -43,7 +46,7 @@ impl DeliverJob {
             delivery_id: self.delivery_id,
             command_id: self.command.id,
             client_id: &self.command.client_id,
-            url: &self.url,
+            url: self.url.as_ref().map_or("", CallbackUrl::as_str),
             payload: &self.payload,
         }
     }
@@ -57,6 +60,12 @@ pub(super) async fn run(
     job: &DeliverJob,
 ) -> sqlx::Result<bool> {
     let cmd = &job.command;
+    let Some(url) = &job.url else {
+        // Unreachable: a pending delivery's row has a URL, and a row whose
+        // URL does not decode never runs. Never send without one.
+        let why = "not sent: the delivery has no callback URL".to_owned();
+        return dead_letter_unsent(ctx, lease, job, why, "undecodable").await;
+    };
     let secrets = match &job.secrets {
         // Newest first; older rows than the current secret and the one it
         // replaced never sign (rows left from before rotation retired them).
@@ -75,7 +84,7 @@ pub(super) async fn run(
             }
         },
     };
-    let Some(host_slot) = ctx.hosts.acquire(&job.url).await else {
+    let Some(host_slot) = ctx.hosts.acquire(url.as_str()).await else {
         // The host is at its limit: try again shortly, without spending an attempt.
         let delay = Duration::from_millis(rand::random_range(500..1500));
         tracing::debug!(
@@ -97,7 +106,7 @@ pub(super) async fn run(
         )
     } else {
         ctx.sender
-            .attempt(&job.url, &webhook_id, &secrets, &job.payload)
+            .attempt(url, &webhook_id, &secrets, &job.payload)
             .await
     };
     drop(host_slot);

@@ -1,6 +1,8 @@
 //! Sealed outbox jobs: a job whose rows were edited in the database is
 //! quarantined (dead letter `integrity`), never executed; a copied or replayed
-//! job row never executes a command (or sends its callback) twice.
+//! job row never executes a command (or sends its callback) twice. A row that
+//! no longer decodes (a stored callback URL that is not one) fails on its own
+//! (dead letter `undecodable`); the jobs claimed with it run.
 
 use std::time::{Duration, Instant};
 
@@ -223,6 +225,85 @@ async fn a_delivery_edited_with_sql_is_quarantined_and_not_sent() {
         "{attempts}"
     );
     app.upstream.verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_callback_url_that_does_not_decode_fails_only_its_own_delivery() {
+    let upstream = MockServer::start().await;
+    let mut settings = test_settings(&upstream.uri());
+    // Retries wait long enough that only this test decides when they run.
+    settings.delivery.retry_schedule_s = vec![600.0];
+    settings.delivery.jitter = 0.0;
+    let app = spawn_with_settings(settings, upstream, ServeRole::Api).await;
+    Mock::given(method("POST"))
+        .respond_with(Echo::new(200))
+        .mount(&app.upstream)
+        .await;
+    let token = app.trusted_client("acme").await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            app.post_command_id(&token, &app.command(&i.to_string(), json!({})), None)
+                .await,
+        );
+    }
+    // First round: every command runs, every first callback attempt fails.
+    app.receiver.always(500);
+    let (stop, worker) = start_worker(&app).await;
+    wait_until(
+        "six failed first attempts",
+        Duration::from_secs(15),
+        async || {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries WHERE attempts = 1")
+                .fetch_one(&app.pool)
+                .await
+                .expect("query")
+                == 6
+        },
+    )
+    .await;
+    stop.cancel();
+    worker.await.expect("join");
+
+    // One stored URL is no longer a URL; all retries become due at once, so
+    // one claim takes the six deliver jobs together.
+    let poisoned = &ids[2];
+    sqlx::query("UPDATE deliveries SET url = 'not a url' WHERE command_id = $1")
+        .bind(Uuid::parse_str(poisoned).expect("uuid"))
+        .execute(&app.pool)
+        .await
+        .expect("edit");
+    sqlx::query("UPDATE jobs SET run_at = now() WHERE kind = 'deliver'")
+        .execute(&app.pool)
+        .await
+        .expect("due");
+    app.receiver.always(200);
+    let (stop, worker) = start_worker(&app).await;
+    for id in &ids {
+        let doc = app
+            .wait_status(&token, id, Duration::from_secs(15), settled)
+            .await;
+        let want = if id == poisoned {
+            "dead_lettered"
+        } else {
+            "delivered"
+        };
+        assert_eq!(doc["callback"]["status"], want, "{id}: {doc}");
+    }
+    let dead = dead_letter_of(&app, poisoned).await;
+    assert_eq!(dead["reason"], "undecodable", "{dead}");
+    let error = dead["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("undecodable:") && error.contains("url"),
+        "{dead}"
+    );
+    let second_round: Vec<_> = app.receiver.received().into_iter().skip(6).collect();
+    assert_eq!(second_round.len(), 5, "the other five were sent once more");
+    assert!(second_round
+        .iter()
+        .all(|h| h.body["data"]["command_id"] != poisoned.as_str()));
+    stop.cancel();
+    worker.await.expect("join");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
