@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::db::batch::{with_single_fallback, Batcher};
 use crate::domain::{CallbackUrl, JsonText};
+use crate::outbox::Signals;
 use crate::security::seal::{ExecuteSeal, JobSealer};
 
 /// A validated command, ready to insert.
@@ -76,10 +77,13 @@ pub struct Intake {
 
 impl Intake {
     /// Starts `writers` writer tasks on the current Tokio runtime. The tasks end
-    /// once every `Intake` clone is dropped and the queue is drained.
+    /// once every `Intake` clone is dropped and the queue is drained. After a
+    /// commit that created commands they tell `signals` (new jobs and events;
+    /// no write of theirs sends `NOTIFY`).
     pub fn start(
         pool: PgPool,
         sealer: Arc<JobSealer>,
+        signals: Arc<Signals>,
         writers: usize,
         batch_max: usize,
         window: Duration,
@@ -91,11 +95,22 @@ impl Intake {
             move |commands: Vec<NewCommand>| {
                 let pool = pool.clone();
                 let sealer = sealer.clone();
+                let signals = signals.clone();
                 async move {
                     let results =
                         with_single_fallback(&commands, |batch| insert(&pool, &sealer, batch))
                             .await;
-                    answer_committed(&pool, &commands, results).await
+                    let answers = answer_committed(&pool, &commands, results).await;
+                    if answers
+                        .iter()
+                        .any(|a| matches!(a, Ok(IntakeOutcome::Created { .. })))
+                    {
+                        // After the commit: wake this process's runner and
+                        // event tailer, announce to the other processes.
+                        signals.jobs_committed();
+                        signals.events_committed();
+                    }
+                    answers
                 }
             },
         );

@@ -64,7 +64,7 @@ pub async fn replay_dead_letters(
     filter: &ReplayFilter,
     limit: i64,
 ) -> sqlx::Result<i64> {
-    sqlx::query_scalar(&format!(
+    let replayed: i64 = sqlx::query_scalar(&format!(
         r#"
         WITH pick AS (
             SELECT d.id
@@ -96,5 +96,18 @@ pub async fn replay_dead_letters(
     .bind(filter.until)
     .bind(limit)
     .fetch_one(pool)
-    .await
+    .await?;
+    if replayed > 0 {
+        // After the commit, in a transaction of its own: wake the runners
+        // and event tailers of every process (`outbox::signal`'s channels).
+        // Best effort: they also poll.
+        if let Err(e) =
+            sqlx::query("SELECT pg_notify('hookrelay_jobs', ''), pg_notify('hookrelay_events', '')")
+                .execute(pool)
+                .await
+        {
+            tracing::debug!(error = %e, "announcing replayed deliveries failed; the runners poll");
+        }
+    }
+    Ok(replayed)
 }

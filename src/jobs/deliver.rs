@@ -94,7 +94,7 @@ pub(super) async fn run(
         );
         let done =
             crate::outbox::store::defer(&ctx.pool, lease.id, lease.lease_token, delay).await?;
-        ctx.wake.notify_one();
+        ctx.signals.wake_runner();
         return Ok(done);
     };
     let webhook_id = job.delivery_id.to_string();
@@ -153,7 +153,7 @@ pub(super) async fn run(
         )
         .await?;
     if matches!(next, AfterAttempt::RetryIn(_)) {
-        ctx.wake.notify_one();
+        ctx.signals.wake_runner();
     }
     if done && next == AfterAttempt::Delivered && job.trigger == Trigger::Scheduled {
         // Accepted → delivered, as the database clock saw the acceptance. A

@@ -1,5 +1,6 @@
 //! The execute job: calls the upstream for a command, through the guarded
-//! call, and ends the command — finished (its delivery created), retried
+//! call, and ends the command — finished (its delivery created and its first
+//! callback attempt sent by the same task, under the same lease), retried
 //! later, deferred (no attempt spent), or answered by its fallback.
 
 use std::time::Duration;
@@ -7,13 +8,13 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{defer, DispatchContext, Job, JobCommand, Lease};
+use super::{defer, DeliverJob, DispatchContext, Job, JobCommand, Lease};
 use crate::config::FallbackSettings;
 use crate::delivery::{WebhookBody, WebhookData};
-use crate::domain::{CommandStatus, JsonText};
+use crate::domain::{CommandStatus, DeliveryStatus, JsonText};
 use crate::integration::guarded::{Counting, Guarded, GuardedCall};
 use crate::integration::{backoff, CallOutcome, UpstreamRequest, UpstreamResult};
-use crate::outbox::{self, Claimed, Finish, Outcome};
+use crate::outbox::{self, Claimed, Finish, Trigger};
 use crate::security::seal::{DeliverSeal, ExecuteSeal};
 
 /// An execute job: what its command's row says to call.
@@ -148,7 +149,7 @@ pub(super) async fn run(
             tracing::info!(target: "hookrelay::command", %error, delay_ms = delay.as_millis() as u64, "upstream call failed; retrying");
             crate::telemetry::metrics::upstream_retry(&cmd.integration, &cmd.operation);
             let done = retry(&ctx.pool, lease, delay, &error).await?;
-            ctx.wake.notify_one();
+            ctx.signals.wake_runner();
             Ok(done)
         }
     }
@@ -233,7 +234,10 @@ async fn run_fallback(
 }
 
 /// Ends a command: stores its result and creates its delivery with the body
-/// signed on every attempt (serialised once here).
+/// signed on every attempt (serialised once here); the job becomes the
+/// delivery's deliver job under the same lease, and this task sends the first
+/// callback attempt at once ([`super::deliver::run`]). Returns whether the
+/// outcomes were written under the lease (`false`: lost, nothing more done).
 pub(super) async fn finish(
     ctx: &DispatchContext,
     lease: &Lease,
@@ -251,7 +255,6 @@ pub(super) async fn finish(
     let mut result = result.clone();
     result.body = ctx.redactor.json_text(&result.body);
     result.error = ctx.redactor.opt_text(result.error);
-    let result = &result;
     let body = WebhookBody {
         type_: event,
         timestamp: chrono::Utc::now(),
@@ -260,7 +263,7 @@ pub(super) async fn finish(
             integration: &cmd.integration,
             operation: &cmd.operation,
             status: status.as_str(),
-            result,
+            result: &result,
         },
     };
     let payload = serde_json::to_string(&body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
@@ -272,26 +275,49 @@ pub(super) async fn finish(
         url: &cmd.callback_url,
         payload: &payload,
     });
-    let done = ctx
+    let deliver = DeliverJob {
+        command: cmd.clone(),
+        delivery_id,
+        // Stored by intake from a `CallbackUrl`; a hand-edited row that no
+        // longer parses is dead-lettered `undecodable` by the deliver job.
+        url: crate::domain::CallbackUrl::from_stored(&cmd.callback_url).ok(),
+        payload,
+        status: Some(DeliveryStatus::Pending),
+        secrets: None,
+        seal: None,
+        trigger: Trigger::Scheduled,
+    };
+    let secrets = ctx
         .outcomes
-        .record(
+        .record_finish(
             lease.id,
-            Outcome::Finish(Finish {
+            Finish {
                 job_id: lease.id,
                 lease_token: lease.lease_token,
                 status,
-                result: result.clone(),
+                result,
                 delivery_id,
-                payload,
+                payload: deliver.payload.clone(),
                 url: cmd.callback_url.clone(),
                 seal: Some(seal),
-            }),
+            },
         )
         .await?;
-    if done {
-        tracing::debug!(target: "hookrelay::command", status = %status, "command finished");
-    }
-    Ok(done)
+    let Some(secrets) = secrets else {
+        return Ok(false);
+    };
+    tracing::debug!(target: "hookrelay::command", status = %status, "command finished");
+    // The job row is now the delivery's deliver job, first attempt, under the
+    // lease this task holds (see `outbox::finish_batch`).
+    let lease = Lease {
+        attempts: 1,
+        ..*lease
+    };
+    let deliver = DeliverJob {
+        secrets: Some(secrets),
+        ..deliver
+    };
+    super::deliver::run(ctx, &lease, &deliver).await
 }
 
 /// Puts an execute job back for another try after `delay`, recording the error

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use sqlx::postgres::PgRow;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,7 +33,7 @@ use crate::delivery::Sender;
 use crate::domain::{CommandStatus, DeliveryStatus, JobKind};
 use crate::integration::resilience::{Policies, RetryBudget};
 use crate::integration::Integrations;
-use crate::outbox::{self, BackgroundJob, Claimed, Runner, RunnerSettings};
+use crate::outbox::{self, BackgroundJob, Claimed, Runner, RunnerSettings, Signals};
 use crate::security::redact::Redactor;
 use crate::security::seal::{JobSealer, SealError};
 use crate::security::SecretSealer;
@@ -61,9 +60,10 @@ pub struct DispatchContext {
     /// Group writer for job outcomes (it also tracks which jobs are
     /// recording, so shutdown keeps their leases).
     pub outcomes: outbox::Outcomes,
-    /// Wakes the runner's loop: NOTIFY arrivals, and job tasks that
-    /// rescheduled a retry (an UPDATE fires no NOTIFY).
-    pub wake: Arc<Notify>,
+    /// The process's wake-ups: job tasks that rescheduled a job wake the
+    /// runner's loop; writes that changed a status announce events (see
+    /// [`crate::outbox::signal`]).
+    pub signals: Arc<Signals>,
     /// Opens the sealed signing secrets that the claim returns.
     pub sealer: Arc<SecretSealer>,
     /// Verifies job seals before a job acts, and seals new deliveries.
@@ -173,13 +173,17 @@ impl BackgroundJob for Job {
 
     /// How long a job released at shutdown stays unclaimable: the longest
     /// call it may have had in flight when it was aborted — its integration's
-    /// `timeout_ms` (or its fallback integration's, if longer) for an execute
-    /// job, `delivery.timeout_ms` for a deliver job. Until then the vendor or
+    /// `timeout_ms` (or its fallback integration's, if longer; at least
+    /// `delivery.timeout_ms`, since the same task sends the first callback)
+    /// for an execute job, `delivery.timeout_ms` for a deliver job. Until then the vendor or
     /// receiver may still be working on the aborted call, and repeating it at
     /// once would run it twice concurrently.
     fn release_hold(&self, ctx: &DispatchContext) -> Duration {
         match self {
-            Job::Execute(j) => j.release_hold(ctx),
+            // An execute job's task goes on to send the first callback.
+            Job::Execute(j) => j
+                .release_hold(ctx)
+                .max(Duration::from_millis(ctx.settings.delivery.timeout_ms)),
             Job::Deliver(_) => Duration::from_millis(ctx.settings.delivery.timeout_ms),
         }
     }
@@ -246,13 +250,17 @@ impl BackgroundJob for Job {
             Job::Execute(job) => {
                 if let Err(error) = claimed.job.verify_seal(ctx) {
                     tracing::error!(target: "hookrelay::jobs", job_id = claimed.id, %error, "an undecodable job's seal does not verify either");
-                    return outbox::store::quarantine(
+                    let done = outbox::store::quarantine(
                         &ctx.pool,
                         claimed.id,
                         claimed.lease_token,
                         &format!("{why}; {error}"),
                     )
-                    .await;
+                    .await?;
+                    if done {
+                        ctx.signals.events_committed();
+                    }
+                    return Ok(done);
                 }
                 execute::finish(
                     ctx,
@@ -325,6 +333,7 @@ async fn quarantine(
     )
     .await?;
     if done {
+        ctx.signals.events_committed();
         crate::telemetry::metrics::job_quarantined(claimed.job.kind().as_str());
     }
     Ok(done)
@@ -358,7 +367,7 @@ async fn defer(ctx: &DispatchContext, lease: &Lease, delay: Duration) -> sqlx::R
         "job deferred without spending an attempt"
     );
     let done = outbox::store::defer(&ctx.pool, lease.id, lease.lease_token, delay).await?;
-    ctx.wake.notify_one();
+    ctx.signals.wake_runner();
     Ok(done)
 }
 
@@ -377,8 +386,15 @@ impl Dispatcher {
             poll: Duration::from_millis(d.poll_interval_ms),
             grace: ctx.settings.shutdown_grace(),
         };
-        let (pool, outcomes, wake) = (ctx.pool.clone(), ctx.outcomes.clone(), ctx.wake.clone());
-        Dispatcher(Runner::new(Arc::new(ctx), pool, settings, outcomes, wake))
+        let (pool, outcomes, signals) =
+            (ctx.pool.clone(), ctx.outcomes.clone(), ctx.signals.clone());
+        Dispatcher(Runner::new(
+            Arc::new(ctx),
+            pool,
+            settings,
+            outcomes,
+            signals,
+        ))
     }
 
     /// Runs until `cancel` fires, then drains (see [`crate::outbox::runner`]).

@@ -11,22 +11,27 @@
 //! `run_at` index only covers live work. An expired lease needs no reaper: its
 //! `run_at` is in the past, so the job is simply ready again.
 //!
-//! Inserting into `jobs` fires `NOTIFY hookrelay_jobs` (a statement trigger, see
-//! the migrations), which wakes idle runners at once.
+//! No write of the hot path sends `NOTIFY` (it would serialise their commits):
+//! after committing new work, a writer tells its process's [`Signals`], which
+//! wake the runner of the same process at once and announce the work to other
+//! processes with one coalesced `NOTIFY hookrelay_jobs` of their own.
 //!
 //! - [`store`]: the claim, lease renewal and release, deferral, quarantine,
 //!   and the timing reads;
 //! - [`outcomes`]: the outcome rows ([`Finish`], [`AttemptRecord`]) and their
 //!   group writer ([`Outcomes`]);
+//! - [`signal`]: the wake-ups after a commit ([`Signals`]);
 //! - [`runner`]: the claim loop, which knows no job kind; the kinds plug in
 //!   through [`BackgroundJob`] (implemented in `crate::jobs`).
 
 pub mod outcomes;
 pub mod runner;
+pub mod signal;
 pub mod store;
 
 pub use outcomes::{
     attempt_batch, finish_batch, AfterAttempt, AttemptRecord, Finish, Outcome, Outcomes, Trigger,
 };
 pub use runner::{BackgroundJob, Claimed, Runner, RunnerSettings};
+pub use signal::Signals;
 pub use store::{oldest_ready_age, time_to_next_job, CHANNEL};

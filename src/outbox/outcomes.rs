@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::signal::Signals;
 use crate::db::batch::{with_single_fallback, Batcher};
 use crate::delivery::AttemptOutcome;
 use crate::domain::{CommandStatus, DeliveryStatus};
@@ -43,43 +44,71 @@ pub struct Finish {
 
 /// Records ends of upstream calls in one statement: each command gets its
 /// final status and result (and loses its execute seal, so no execute job can
-/// verify against it again), and its sealed delivery plus a `deliver` job are created —
-/// only for jobs whose lease is still held. Returns, per input, whether it was
-/// written (`false`: the lease was lost, nothing written for that job).
+/// verify against it again), its sealed delivery is created, and its job
+/// becomes that delivery's `deliver` job in place — same row, same lease,
+/// `attempts` 1 — so the task that made the call sends the first callback at
+/// once under the lease it holds (no second job row, no second claim); if it
+/// dies first, the deliver job is claimed again after the lease. Only for
+/// jobs whose lease is still held and that are still `execute` jobs. Returns,
+/// per input, whether it was written (`false`: the lease was lost, nothing
+/// written for that job).
 ///
 /// # Errors
 /// Database errors (nothing is written then).
 pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec<bool>> {
+    Ok(finish_batch_with_secrets(pool, rows)
+        .await?
+        .into_iter()
+        .map(|w| w.is_some())
+        .collect())
+}
+
+/// [`finish_batch`], returning per input `None` (lease lost) or the client's
+/// active signing secrets, sealed, newest first — what the first callback
+/// attempt signs with (read in the same statement, as a claim of a deliver
+/// job reads them).
+///
+/// # Errors
+/// Database errors (nothing is written then).
+pub async fn finish_batch_with_secrets(
+    pool: &PgPool,
+    rows: Vec<&Finish>,
+) -> sqlx::Result<Vec<Option<Vec<String>>>> {
     // Inputs are matched by (job, lease token), never by job alone: one
     // process can hold a job twice (its lease lapsed and it claimed the job
     // again), and the stale outcome must not be applied with the fresh one's
-    // job row.
-    let written: Vec<(i64, Uuid)> = sqlx::query_as(
+    // job row. `kind = 'execute'`: a try whose commit succeeded but whose
+    // answer was lost finds a deliver job and writes nothing. Kept compact so
+    // that `INSERT INTO deliveries` is within the first kilobyte that
+    // `pg_stat_activity.query` shows by default (`track_activity_query_size`).
+    let written: Vec<(i64, Uuid, Vec<String>)> = sqlx::query_as(
         r#"
-        WITH input AS (
-            SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[],
-                                 $7::text[], $8::text[])
-                AS t(job_id, lease_token, status, result, delivery_id, payload, url, seal)
-        ), j AS (
-            DELETE FROM jobs USING input i
-             WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token
-         RETURNING jobs.id AS job_id, jobs.command_id, i.lease_token
-        ), c AS (
-            UPDATE commands SET status = i.status, result = i.result, seal = NULL, updated_at = now()
-              FROM j JOIN input i ON i.job_id = j.job_id AND i.lease_token = j.lease_token
-             WHERE commands.id = j.command_id
-         RETURNING j.job_id, j.lease_token, commands.id AS command_id, commands.client_id,
-                   i.delivery_id, i.payload, i.url, i.seal
-        ), d AS (
-            INSERT INTO deliveries (id, command_id, client_id, url, payload, seal)
-            SELECT delivery_id, command_id, client_id, url, payload, seal FROM c
-         RETURNING id, command_id
-        ), n AS (
-            INSERT INTO jobs (kind, command_id, delivery_id)
-            SELECT 'deliver', command_id, id FROM d
-        )
-        SELECT job_id, lease_token FROM c
-        "#,
+WITH input AS (
+    SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::uuid[],
+                         $6::text[], $7::text[], $8::text[])
+        AS t(job_id, lease_token, status, result, delivery_id, payload, url, seal)
+), j AS (
+    UPDATE jobs SET kind = 'deliver', delivery_id = i.delivery_id, attempts = 1,
+                    trigger = 'scheduled', last_error = NULL
+      FROM input i
+     WHERE jobs.id = i.job_id AND jobs.lease_token = i.lease_token AND jobs.kind = 'execute'
+ RETURNING jobs.id AS job_id, jobs.command_id, i.lease_token
+), c AS (
+    UPDATE commands SET status = i.status, result = i.result, seal = NULL, updated_at = now()
+      FROM j JOIN input i ON i.job_id = j.job_id AND i.lease_token = j.lease_token
+     WHERE commands.id = j.command_id
+ RETURNING j.job_id, j.lease_token, commands.client_id, commands.id AS command_id,
+           i.delivery_id, i.payload, i.url, i.seal
+), d AS (
+    INSERT INTO deliveries (id, command_id, client_id, url, payload, seal)
+    SELECT delivery_id, command_id, client_id, url, payload, seal FROM c
+)
+SELECT c.job_id, c.lease_token,
+       ARRAY(SELECT s.secret FROM signing_secrets s
+              WHERE s.client_id = c.client_id AND (s.expires_at IS NULL OR s.expires_at > now())
+              ORDER BY s.created_at DESC) AS secrets
+  FROM c
+"#,
     )
     .bind(rows.iter().map(|r| r.job_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.lease_token).collect::<Vec<_>>())
@@ -93,7 +122,12 @@ pub async fn finish_batch(pool: &PgPool, rows: Vec<&Finish>) -> sqlx::Result<Vec
     .await?;
     Ok(rows
         .iter()
-        .map(|r| written.contains(&(r.job_id, r.lease_token)))
+        .map(|r| {
+            written
+                .iter()
+                .find(|(id, token, _)| *id == r.job_id && *token == r.lease_token)
+                .map(|(_, _, secrets)| secrets.clone())
+        })
         .collect())
 }
 
@@ -273,17 +307,30 @@ const RECORD_TRIES_NON_TRANSIENT: u32 = 3;
 /// the queued outcome would find no lease and be lost.
 #[derive(Clone)]
 pub struct Outcomes {
-    writer: Batcher<Outcome, sqlx::Result<bool>>,
+    writer: Batcher<Outcome, sqlx::Result<Written>>,
     recording: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Outcomes {
-    /// Starts `writers` writer tasks writing up to `max` outcomes per statement.
-    pub fn start(pool: PgPool, writers: usize, max: usize) -> (Outcomes, Vec<JoinHandle<()>>) {
+    /// Starts `writers` writer tasks writing up to `max` outcomes per
+    /// statement; after each commit they tell `signals` (its event rows).
+    pub fn start(
+        pool: PgPool,
+        writers: usize,
+        max: usize,
+        signals: Arc<Signals>,
+    ) -> (Outcomes, Vec<JoinHandle<()>>) {
         let (batcher, handles) =
             Batcher::start(writers, max, Duration::ZERO, move |items: Vec<Outcome>| {
                 let pool = pool.clone();
-                async move { write_outcomes(&pool, items).await }
+                let signals = signals.clone();
+                async move {
+                    let written = write_outcomes(&pool, items).await;
+                    if written.iter().any(|w| matches!(w, Ok(Some(_)))) {
+                        signals.events_committed();
+                    }
+                    written
+                }
             });
         let outcomes = Outcomes {
             writer: batcher,
@@ -300,13 +347,13 @@ impl Outcomes {
             .unwrap_or(false)
     }
 
-    /// One try: queues `outcome` and returns once it is committed: `Ok(true)`
-    /// written, `Ok(false)` lease lost (nothing written).
+    /// One try: queues `outcome` and returns once it is committed: `Ok(Some)`
+    /// written, `Ok(None)` lease lost (nothing written).
     ///
     /// # Errors
     /// Database errors, or `WorkerCrashed` when the writers are gone (not a
     /// database outage: trying again cannot help).
-    async fn submit(&self, outcome: Outcome) -> sqlx::Result<bool> {
+    async fn submit(&self, outcome: Outcome) -> sqlx::Result<Written> {
         self.writer
             .submit(outcome)
             .await
@@ -323,7 +370,8 @@ impl Outcomes {
     /// drops this future once the lease turns out to be someone else's (or the
     /// shutdown grace is over). Every try is matched by lease token, so a late
     /// try never overwrites a new owner's work, and a try whose commit succeeded
-    /// but whose answer was lost finds the job gone and returns `Ok(false)`.
+    /// but whose answer was lost finds the job gone (or, for a finish, no
+    /// longer an execute job) and returns `Ok(false)`.
     /// Each try is its own item of the group writer, so a retrying job never
     /// holds back other jobs' outcomes. A failure other than the database being
     /// unavailable is tried [`RECORD_TRIES_NON_TRANSIENT`] times, then returned.
@@ -331,6 +379,24 @@ impl Outcomes {
     /// # Errors
     /// The last failure, once retrying is given up as described.
     pub async fn record(&self, job_id: i64, outcome: Outcome) -> sqlx::Result<bool> {
+        Ok(self.record_written(job_id, outcome).await?.is_some())
+    }
+
+    /// [`Outcomes::record`] of a [`Finish`], returning `None` when the lease
+    /// was lost, else the client's active signing secrets (sealed, newest
+    /// first) for the first callback attempt the same task sends next.
+    ///
+    /// # Errors
+    /// As [`Outcomes::record`].
+    pub async fn record_finish(
+        &self,
+        job_id: i64,
+        finish: Finish,
+    ) -> sqlx::Result<Option<Vec<String>>> {
+        self.record_written(job_id, Outcome::Finish(finish)).await
+    }
+
+    async fn record_written(&self, job_id: i64, outcome: Outcome) -> sqlx::Result<Written> {
         if let Ok(mut r) = self.recording.lock() {
             r.insert(job_id);
         }
@@ -368,7 +434,11 @@ impl Outcomes {
     }
 }
 
-async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<bool>> {
+/// One written outcome: `None` when the lease was lost (nothing written),
+/// else the sealed signing secrets a finish read (empty for an attempt).
+type Written = Option<Vec<String>>;
+
+async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<Written>> {
     let mut finishes = Vec::new();
     let mut attempts = Vec::new();
     let mut kinds = Vec::with_capacity(items.len());
@@ -387,7 +457,7 @@ async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<
     let mut finished = if finishes.is_empty() {
         Vec::new()
     } else {
-        with_single_fallback(&finishes, |rows| finish_batch(pool, rows)).await
+        with_single_fallback(&finishes, |rows| finish_batch_with_secrets(pool, rows)).await
     }
     .into_iter();
     let mut attempted = if attempts.is_empty() {
@@ -395,7 +465,8 @@ async fn write_outcomes(pool: &PgPool, items: Vec<Outcome>) -> Vec<sqlx::Result<
     } else {
         with_single_fallback(&attempts, |rows| attempt_batch(pool, rows)).await
     }
-    .into_iter();
+    .into_iter()
+    .map(|r| r.map(|written| written.then(Vec::new)));
     kinds
         .into_iter()
         .map(|is_finish| {

@@ -4,8 +4,9 @@
 //! One loop per worker process keeps up to `concurrency` jobs in flight. It
 //! claims as many jobs as it has free slots (at most `claim_batch` per
 //! statement); when the outbox has nothing ready it sleeps until the first of:
-//! a `NOTIFY hookrelay_jobs` (new work), the next scheduled retry's `run_at`,
-//! or the safety-net poll interval. While a job runs, its lease is renewed
+//! new work (committed by this process: [`Signals::jobs_committed`]; by
+//! another: its `NOTIFY hookrelay_jobs`, see [`super::signal`]), the next
+//! scheduled retry's `run_at`, or the safety-net poll interval. While a job runs, its lease is renewed
 //! every third of its length; a job whose lease turns out to be someone
 //! else's is abandoned to its new owner.
 //!
@@ -29,13 +30,14 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::PgPool;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::outcomes::Outcomes;
+use super::signal::Signals;
 use super::store;
 
 /// A claimed job: its lease (kind-independent columns of `jobs`) and the job
@@ -137,7 +139,7 @@ pub struct Runner<J: BackgroundJob> {
     pool: PgPool,
     settings: RunnerSettings,
     outcomes: Outcomes,
-    wake: Arc<Notify>,
+    signals: Arc<Signals>,
     /// Running jobs: lease token and how long to hold the job back if it is
     /// released at shutdown ([`BackgroundJob::release_hold`]).
     in_flight: Arc<Mutex<HashMap<i64, (Uuid, Duration)>>>,
@@ -146,21 +148,23 @@ pub struct Runner<J: BackgroundJob> {
 impl<J: BackgroundJob> Runner<J> {
     /// A runner of jobs `J` over `ctx`. `outcomes` is the group writer the
     /// jobs record with (the runner asks it which jobs are recording at
-    /// shutdown); `wake` is notified on `NOTIFY` and by jobs that rescheduled
-    /// themselves (an UPDATE fires no `NOTIFY`).
+    /// shutdown); `signals` wake it (work committed by this process, other
+    /// processes' announcements that its `LISTEN` receives, jobs that
+    /// rescheduled themselves), and it tells them when a claim changed
+    /// commands' status (events).
     pub fn new(
         ctx: Arc<J::Context>,
         pool: PgPool,
         settings: RunnerSettings,
         outcomes: Outcomes,
-        wake: Arc<Notify>,
+        signals: Arc<Signals>,
     ) -> Self {
         Runner {
             ctx,
             pool,
             settings,
             outcomes,
-            wake,
+            signals,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -172,7 +176,7 @@ impl<J: BackgroundJob> Runner<J> {
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(store::CHANNEL).await?;
-        let listen_task = tokio::spawn(listen(listener, self.wake.clone(), cancel.clone()));
+        let listen_task = tokio::spawn(listen(listener, self.signals.clone(), cancel.clone()));
         let lag_task = tokio::spawn(sample_outbox_lag(self.pool.clone(), cancel.clone()));
 
         let RunnerSettings {
@@ -183,6 +187,7 @@ impl<J: BackgroundJob> Runner<J> {
             grace,
         } = self.settings;
         let slots = Arc::new(Semaphore::new(concurrency));
+        let wake = self.signals.jobs();
         let mut tasks = JoinSet::new();
         tracing::info!(target: "hookrelay::jobs", concurrency, batch, "dispatcher started");
 
@@ -209,6 +214,10 @@ impl<J: BackgroundJob> Runner<J> {
                 }
             };
             let got = jobs.len();
+            if got > 0 {
+                // The claim moved commands to `in_progress` (event rows).
+                self.signals.events_committed();
+            }
             for job in jobs {
                 let Some(permit) = permits.pop() else { break };
                 self.spawn_job(&mut tasks, job, permit);
@@ -231,7 +240,7 @@ impl<J: BackgroundJob> Runner<J> {
                     }
                 };
                 tokio::select! {
-                    () = self.wake.notified() => {}
+                    () = wake.notified() => {}
                     () = tokio::time::sleep(wait) => {}
                     () = cancel.cancelled() => break,
                 }
@@ -338,11 +347,15 @@ async fn keep_lease(pool: &PgPool, job_id: i64, token: Uuid, lease: Duration) {
     }
 }
 
-async fn listen(mut listener: PgListener, wake: Arc<Notify>, cancel: CancellationToken) {
+/// Wakes the runner on other processes' announcements (its own are skipped:
+/// the runner was woken directly).
+async fn listen(mut listener: PgListener, signals: Arc<Signals>, cancel: CancellationToken) {
+    let wake = signals.jobs();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             n = listener.recv() => match n {
+                Ok(n) if n.payload() == signals.origin() => {}
                 Ok(_) => wake.notify_one(),
                 Err(e) => {
                     tracing::warn!(target: "hookrelay::jobs", error = %e, "LISTEN connection failed; the poll covers until it is back");

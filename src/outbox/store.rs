@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use crate::integration::UpstreamResult;
 
-/// The `LISTEN/NOTIFY` channel that announces new jobs.
-pub const CHANNEL: &str = "hookrelay_jobs";
+/// The `LISTEN/NOTIFY` channel that announces new jobs (sent by
+/// [`super::signal`], never by a write transaction).
+pub const CHANNEL: &str = super::signal::JOBS_CHANNEL;
 
 /// Claims up to `limit` ready jobs for `lease` and returns one row per job,
 /// read by `select`.

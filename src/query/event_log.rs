@@ -5,7 +5,9 @@
 //! `command.in_progress`, `command.succeeded`, `command.failed`) and of its
 //! callback (`callback.delivered`, `callback.dead_lettered`, and
 //! `callback.replayed` when an admin replays a dead letter), in the same
-//! transaction as the change, and `NOTIFY hookrelay_events` once per statement.
+//! transaction as the change. The writers wake the tailer after their commit
+//! (see [`crate::outbox::signal`]): directly within a process, by a coalesced
+//! `NOTIFY hookrelay_events` outside the write across processes.
 //!
 //! # Order without gaps
 //!
@@ -22,8 +24,8 @@
 //!
 //! One [`EventFeed`] per API process: a tailer task that `LISTEN`s on the
 //! primary (notifications are not replicated), reads new events in pages from
-//! the read pool after its cursor (on a notification, or every
-//! `events.poll_interval_ms`), and broadcasts them in order
+//! the read pool after its cursor (when its process's writers wake it, on
+//! another process's notification, or every `events.poll_interval_ms`), and broadcasts them in order
 //! ([`EventFeed::subscribe`]). [`EventFeed::follow`] gives one consumer (an SSE
 //! stream) every matching event after a cursor, exactly once and in order: it
 //! subscribes first, reads the table from its cursor (catch-up), then switches
@@ -43,9 +45,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::EventSettings;
+use crate::outbox::Signals;
 
-/// The `LISTEN/NOTIFY` channel the event triggers notify.
-pub const CHANNEL: &str = "hookrelay_events";
+/// The `LISTEN/NOTIFY` channel that announces new events (sent by
+/// [`crate::outbox::signal`] after the writes, never by them).
+pub const CHANNEL: &str = crate::outbox::signal::EVENTS_CHANNEL;
 
 /// Events read per statement (tailer and catch-up).
 const PAGE: i64 = 500;
@@ -257,24 +261,47 @@ pub struct EventFeed(Arc<Shared>);
 
 impl EventFeed {
     /// Starts the tailer: `LISTEN` on `primary`, reads from `read`, until
-    /// `cancel` fires. Its first cursor is the log's head at start.
+    /// `cancel` fires; also woken by `signals` (this process's writers), whose
+    /// own announcements it then skips. Its first cursor is the log's head at
+    /// start.
     pub fn start(
         primary: PgPool,
         read: PgPool,
         settings: &EventSettings,
         cancel: CancellationToken,
+        signals: &Signals,
     ) -> (EventFeed, JoinHandle<()>) {
-        Self::start_with_capacity(primary, read, settings, cancel, BROADCAST_CAPACITY)
+        Self::start_inner(
+            primary,
+            read,
+            settings,
+            cancel,
+            BROADCAST_CAPACITY,
+            (signals.events(), Some(signals.origin().to_owned())),
+        )
     }
 
     /// [`EventFeed::start`] with a broadcast buffer of `capacity` events
     /// (tests use a tiny one to make subscribers lag and catch up).
+    /// It is woken by notifications only.
     pub fn start_with_capacity(
         primary: PgPool,
         read: PgPool,
         settings: &EventSettings,
         cancel: CancellationToken,
         capacity: usize,
+    ) -> (EventFeed, JoinHandle<()>) {
+        let wake = (Arc::new(tokio::sync::Notify::new()), None);
+        Self::start_inner(primary, read, settings, cancel, capacity, wake)
+    }
+
+    fn start_inner(
+        primary: PgPool,
+        read: PgPool,
+        settings: &EventSettings,
+        cancel: CancellationToken,
+        capacity: usize,
+        wake: (Arc<tokio::sync::Notify>, Option<String>),
     ) -> (EventFeed, JoinHandle<()>) {
         let (sender, _) = broadcast::channel(capacity.max(1));
         let feed = EventFeed(Arc::new(Shared {
@@ -285,7 +312,7 @@ impl EventFeed {
             cancel,
         }));
         let poll = Duration::from_millis(settings.poll_interval_ms);
-        let task = tokio::spawn(feed.clone().tail(primary, poll));
+        let task = tokio::spawn(feed.clone().tail(primary, poll, wake));
         (feed, task)
     }
 
@@ -316,7 +343,12 @@ impl EventFeed {
         self.0.streams.clone().try_acquire_owned().ok()
     }
 
-    async fn tail(self, primary: PgPool, poll: Duration) {
+    async fn tail(
+        self,
+        primary: PgPool,
+        poll: Duration,
+        (wake, origin): (Arc<tokio::sync::Notify>, Option<String>),
+    ) {
         let cancel = self.0.cancel.clone();
         let mut listener = None;
         let mut cursor = loop {
@@ -375,7 +407,13 @@ impl EventFeed {
             }
             let notified = async {
                 match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
+                    // This process's own announcements: it was woken directly.
+                    Some(l) => loop {
+                        match l.recv().await {
+                            Ok(n) if Some(n.payload()) == origin.as_deref() => {}
+                            r => break r.map(|_| ()),
+                        }
+                    },
                     None => std::future::pending().await,
                 }
             };
@@ -386,6 +424,7 @@ impl EventFeed {
                         listener = None;
                     }
                 }
+                () = wake.notified() => {}
                 () = tokio::time::sleep(poll) => {}
                 () = cancel.cancelled() => return,
             }

@@ -31,7 +31,7 @@ use crate::integration::resilience::{Policies, RetryBudget};
 use crate::integration::Integrations;
 use crate::jobs::{DispatchContext, Dispatcher};
 use crate::maintenance::Scheduler;
-use crate::outbox::Outcomes;
+use crate::outbox::{Outcomes, Signals};
 use crate::query::cache::RedisCache;
 use crate::query::event_log::EventFeed;
 use crate::query::QueryState;
@@ -125,12 +125,19 @@ impl Application {
         let integrations = Arc::new(Integrations::from_settings(&settings.integrations)?);
         let policies = Arc::new(Policies::from_settings(&settings.integrations));
         let cancel = CancellationToken::new();
+        // Wake-ups after commits (no NOTIFY inside the writes), shared by
+        // the intake, the outcome writers, the runner and the event tailer.
+        let (signals, _announcer) = Signals::start(primary.clone(), cancel.clone());
 
         let mut outcome_writers = Vec::new();
         let dispatcher = if role.worker() {
             // Two writers: one statement in flight while the next batch gathers.
-            let (outcomes, writers) =
-                Outcomes::start(primary.clone(), 2, settings.dispatcher.claim_batch);
+            let (outcomes, writers) = Outcomes::start(
+                primary.clone(),
+                2,
+                settings.dispatcher.claim_batch,
+                signals.clone(),
+            );
             outcome_writers = writers;
             Some(Dispatcher::new(DispatchContext {
                 pool: primary.clone(),
@@ -147,7 +154,7 @@ impl Application {
                     settings.resilience.retry_budget_ratio,
                     settings.resilience.retry_budget_min_per_s,
                 ),
-                wake: Arc::new(tokio::sync::Notify::new()),
+                signals: signals.clone(),
                 sealer: sealer.clone(),
                 job_sealer: job_sealer.clone(),
                 redactor,
@@ -181,6 +188,7 @@ impl Application {
             let (intake, writers) = Intake::start(
                 primary.clone(),
                 job_sealer,
+                signals.clone(),
                 settings.commands.intake_writers,
                 settings.commands.intake_batch_max,
                 Duration::from_millis(settings.commands.intake_batch_window_ms),
@@ -190,6 +198,7 @@ impl Application {
                 read.clone(),
                 &settings.events,
                 cancel.clone(),
+                &signals,
             );
             // Every state change in the event log invalidates the cached
             // status document (in Redis: for every instance).
