@@ -25,7 +25,7 @@ impl HostLimits {
         }
     }
 
-    /// A slot for `url`'s host, waiting up to [`Self::WAIT`]; `None` when the
+    /// A slot for `url`'s host, waiting up to 250 ms (`WAIT`); `None` when the
     /// host stays at its limit.
     pub async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
         let key = url::Url::parse(url)

@@ -1,6 +1,6 @@
 //! The signing-secret store: each client's Standard Webhooks signing
 //! secrets in `signing_secrets`, sealed at rest with
-//! [`SecretSealer`](crate::security::SecretSealer): created on first use
+//! [`crate::security::SecretSealer`]: created on first use
 //! ([`ensure_signing_secrets`]), rotated with a grace period
 //! ([`rotate_signing_secret`]) and re-sealed under a new encryption key
 //! ([`reseal_signing_secrets`]). At most [`MAX_SIGNING_SECRETS`] sign one

@@ -1,6 +1,6 @@
 //! The jobs: what the outbox runner runs, one file per kind.
 //!
-//! A claimed row is decoded once, at claim ([`claim`]), into a typed [`Job`]:
+//! A claimed row is decoded once, at claim ([`claim()`]), into a typed [`Job`]:
 //! [`Job::Execute`] (call the upstream for a command, [`execute`]) or
 //! [`Job::Deliver`] (send its callback, [`deliver`]). [`Job`] implements the
 //! runner's [`BackgroundJob`] trait; the runner itself

@@ -374,7 +374,7 @@ impl Outcomes {
     /// longer an execute job) and returns `Ok(false)`.
     /// Each try is its own item of the group writer, so a retrying job never
     /// holds back other jobs' outcomes. A failure other than the database being
-    /// unavailable is tried [`RECORD_TRIES_NON_TRANSIENT`] times, then returned.
+    /// unavailable is tried 3 times (`RECORD_TRIES_NON_TRANSIENT`), then returned.
     ///
     /// # Errors
     /// The last failure, once retrying is given up as described.

@@ -166,7 +166,7 @@ impl EventFilter {
     }
 }
 
-/// Reads up to [`PAGE`] finished events after `after` that match `filter`, in
+/// Reads up to 500 (`PAGE`) finished events after `after` that match `filter`, in
 /// order. Only events below the snapshot's xmin (see the module docs).
 ///
 /// # Errors

@@ -278,7 +278,7 @@ impl Application {
     }
 
     /// The read side's state (API role): its status-document cache exposes
-    /// [`StatusCache::invalidate`] for command-state changes.
+    /// [`crate::query::cache::StatusCache::invalidate`] for command-state changes.
     pub fn query_state(&self) -> Option<Arc<QueryState>> {
         self.query_state.clone()
     }

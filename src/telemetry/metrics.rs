@@ -26,7 +26,7 @@
 //! | `hookrelay_intake_shed_total` | counter | `reason` | commands refused with 503 by admission control ([`intake_shed`]) |
 //! | `hookrelay_ready_backlog` | gauge | — | ready outbox jobs, sampled by API processes for admission control, capped at `admission.max_ready_backlog` + 1 ([`ready_backlog`]) |
 //! | `hookrelay_command_delivery_latency_seconds` | histogram | `integration` | command accepted → its callback delivered ([`command_delivery_latency`]) |
-//! | `hookrelay_cache_requests_total` | counter | `endpoint`, `outcome` | read-side cache lookups ([`cache_request`]); hit ratio = `hit` / all |
+//! | `hookrelay_cache_requests_total` | counter | `endpoint`, `outcome` | read-side cache lookups ([`query_answered`]); hit ratio = `hit` / all |
 //! | `hookrelay_query_duration_seconds` | histogram | `endpoint` | wall time of read-side requests ([`query_answered`]) |
 //! | `hookrelay_cache_errors_total` | counter | `op` | Redis cache errors answered by falling back ([`cache_error`]) |
 //! | `hookrelay_long_poll_waiters` | gauge | — | long-poll requests waiting for a status change ([`long_poll_waiters`]) |

@@ -24,8 +24,8 @@
 //! Files: [`handler`] (`GET /v1/queries/…`: cache lookup, coalescing, stale and
 //! fallback answers), [`batch`] (`POST /v1/queries/batch`), [`cache`] (entries,
 //! the moka/Redis store, the in-flight registry and the key rules),
-//! [`fetch`] (the upstream call through the guarded call, and the fallback's),
-//! [`freshness`] (how long a response may be served).
+//! `fetch` (the upstream call through the guarded call, and the fallback's),
+//! `freshness` (how long a response may be served).
 
 pub mod batch;
 pub mod cache;
