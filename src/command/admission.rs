@@ -222,17 +222,8 @@ pub async fn sample(pool: &PgPool, max_ready_backlog: u64) -> sqlx::Result<Outbo
     } else {
         i64::try_from(max_ready_backlog.saturating_add(1)).unwrap_or(i64::MAX)
     };
-    let (ready, lag): (i64, f64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE run_at <= now() LIMIT $1) r),
-                COALESCE(EXTRACT(EPOCH FROM (now() - (SELECT min(run_at) FROM jobs WHERE run_at <= now()))), 0)::float8",
-    )
-    .bind(cap)
-    .fetch_one(pool)
-    .await?;
-    Ok(OutboxSample {
-        ready: u64::try_from(ready).unwrap_or(0),
-        lag: Duration::from_secs_f64(lag.max(0.0)),
-    })
+    let (ready, lag) = crate::outbox::ready_backlog(pool, cap).await?;
+    Ok(OutboxSample { ready, lag })
 }
 
 #[cfg(test)]

@@ -34,4 +34,4 @@ pub use outcomes::{
 };
 pub use runner::{BackgroundJob, Claimed, Runner, RunnerSettings};
 pub use signal::Signals;
-pub use store::{oldest_ready_age, time_to_next_job, CHANNEL};
+pub use store::{oldest_ready_age, ready_backlog, time_to_next_job, CHANNEL};

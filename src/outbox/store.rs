@@ -230,6 +230,27 @@ pub async fn time_to_next_job(pool: &PgPool) -> sqlx::Result<Option<Duration>> {
     Ok(secs.map(Duration::from_secs_f64))
 }
 
+/// The ready set at a glance, in one statement: jobs ready to run
+/// (`run_at <= now()`, so not leased), counted up to `cap` (an index walk of
+/// `jobs_run_at_idx` that reads no further; 0 counts nothing), and the age of
+/// the oldest of them (zero when none is ready). Admission control samples it.
+///
+/// # Errors
+/// Database errors.
+pub async fn ready_backlog(pool: &PgPool, cap: i64) -> sqlx::Result<(u64, Duration)> {
+    let (ready, lag): (i64, f64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE run_at <= now() LIMIT $1) r),
+                COALESCE(EXTRACT(EPOCH FROM (now() - (SELECT min(run_at) FROM jobs WHERE run_at <= now()))), 0)::float8",
+    )
+    .bind(cap)
+    .fetch_one(pool)
+    .await?;
+    Ok((
+        u64::try_from(ready).unwrap_or(0),
+        Duration::from_secs_f64(lag.max(0.0)),
+    ))
+}
+
 /// Age of the oldest ready job — `run_at <= now()`; a claimed job's `run_at`
 /// is its lease end, so leased jobs are not ready until the lease expires —
 /// or zero when nothing is ready. One index probe on `jobs_run_at_idx`.
